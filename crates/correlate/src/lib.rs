@@ -1,0 +1,1 @@
+//! correlate: RMQM vs downstream performance, ablation, tables and figures.

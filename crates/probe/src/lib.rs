@@ -1,0 +1,1 @@
+//! probe: k-NN and linear-probe accuracy on frozen embeddings.

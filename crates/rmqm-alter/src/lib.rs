@@ -1,0 +1,1 @@
+//! Alterations: seeded counter-based white noise and PGD walks.

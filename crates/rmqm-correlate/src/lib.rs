@@ -1,0 +1,1 @@
+//! Correlation statistics, the RMQM ablation, tables and figures.

@@ -1,0 +1,1 @@
+//! Small dense linear algebra shared by metrics and probes: blocked parallel matrix products and symmetric eigenvalues.

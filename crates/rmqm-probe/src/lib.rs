@@ -1,0 +1,1 @@
+//! Downstream probes on frozen embeddings: exact blocked k-NN and a deterministic linear probe.
