@@ -1,1 +1,26 @@
-//! The Parquet / Arrow IPC artifact format: schemas, provenance metadata, atomic streaming writers and checked readers.
+//! The rmqm artifact format: every stage writes Parquet files (or an Arrow IPC stream on stdout) and
+//! reads either. This crate holds the schemas, the `rmqm.`-prefixed provenance metadata, atomic
+//! writers (temporary file, then rename) and readers that check schema and metadata.
+//!
+//! Vector artifacts (embeddings, trajectories, altered images) share the key columns
+//! `image_id: UInt32, label: Int32, step: UInt16, epsilon: Float32`, then one
+//! `FixedSizeList<Float32, width>` column: `embedding` (width = dim) or `pixels` (width = C*H*W).
+//! Rows are sorted by `(image_id, step)`.
+
+mod error;
+mod io;
+mod provenance;
+mod reader;
+mod table;
+mod vectors;
+mod writer;
+
+pub use error::ArtifactError;
+pub use io::{Input, Output};
+pub use provenance::{keys, Provenance, METADATA_PREFIX};
+pub use reader::{ArtifactReader, Format};
+pub use table::{read_table, read_tables, write_table, Column, Table};
+pub use vectors::{
+    vector_schema, VectorBatch, VectorBatchBuilder, VectorKind, VectorReader, VectorWriter, KEY_COLUMNS,
+};
+pub use writer::ArtifactWriter;
