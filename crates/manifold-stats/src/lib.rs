@@ -1,1 +1,414 @@
-//! manifold-stats: D, D_RC, P_RC, RMQM and peer metrics from trajectories, streaming.
+//! `manifold-stats`: D, D_RC, P_RC and RMQM (both conventions), per-step curves, per-image terms and
+//! the peer metrics RankMe and alpha-ReQ, from a trajectories file, streamed image by image.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use rayon::prelude::*;
+use rmqm_artifacts::{
+    ArtifactWriter, Column, Input, Output, Provenance, Table, VectorBatch, VectorKind,
+    VectorReader, keys, write_table,
+};
+use rmqm_cli::{Stdio, Summary, base_provenance};
+use rmqm_manifold::{
+    CURVE_NAMES, Convention, ConventionSummary, CurveAccumulator, ImageTerms, ImageTrajectory,
+    SpectrumAccumulator, StatsAccumulator, TrajectoryGrouper, Weights, image_terms,
+};
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+
+/// Which conventions to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConventionChoice {
+    /// The paper's printed equations (2)-(6).
+    Paper,
+    /// As the authors' public code computes it.
+    Reference,
+    /// One row for each.
+    Both,
+}
+
+/// Command-line arguments of `manifold-stats`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "manifold-stats",
+    version,
+    about = "D, D_RC, P_RC and RMQM from a trajectories file, streamed image by image",
+    long_about = "Reads a trajectories file (embeddings of every image at steps 0..J of an alteration, rows \
+sorted by image_id then step), L2-normalises every embedding, and measures for each image the distance \
+to the clean embedding (d0_j) and to the previous step (dp_j). These give D (eq. 2), D_RC (eq. 3), P_RC \
+(eq. 4), RMQM (eq. 5) and the weighted RMQM (eq. 6), in the paper's convention or the authors' code's \
+(see README). Also RankMe and alpha-ReQ of the clean embeddings.",
+    after_help = "Examples:\n  manifold-stats traj.parquet -o summary.parquet --curves curves.parquet\n  \
+alter --method noise --dataset mnist --limit 1000 -o - | embed --model m.safetensors -o - | manifold-stats - -o summary.parquet\n  \
+manifold-stats --convention both --by-label --per-image images.parquet traj.parquet -o summary.parquet"
+)]
+pub struct Args {
+    /// Trajectories file (Parquet or Arrow IPC), `-` for stdin.
+    #[arg(value_parser = rmqm_cli::parse_input)]
+    pub input: Input,
+    /// Summary table: one row per (model, alteration, convention[, label]).
+    #[arg(short, long, value_parser = rmqm_cli::parse_output)]
+    pub output: Output,
+    /// Which equations to use.
+    #[arg(long, value_enum, default_value = "paper")]
+    pub convention: ConventionChoice,
+    /// Weights w1,w2,w3 of the weighted RMQM, ln(1 + w1 D + w2/D_RC + w3/P_RC).
+    #[arg(long, default_value = "0.95,0.74,0.11")]
+    pub weights: Weights,
+    /// Also write each image's terms to this file.
+    #[arg(long, value_parser = rmqm_cli::parse_output)]
+    pub per_image: Option<Output>,
+    /// Also write per-step means and standard errors (d0, dp, relative changes) to this file.
+    #[arg(long, value_parser = rmqm_cli::parse_output)]
+    pub curves: Option<Output>,
+    /// Add one summary row per class label.
+    #[arg(long)]
+    pub by_label: bool,
+    /// Rows decoded per batch.
+    #[arg(long, default_value_t = 8192)]
+    pub batch_rows: usize,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// Entry point with the process's stdio.
+pub fn run(args: Vec<String>) -> Result<()> {
+    run_with(args, Stdio::default())
+}
+
+/// What a run measured, for callers in the same process (tests, benches).
+pub struct Outcome {
+    /// The summary rows written.
+    pub summaries: Vec<ConventionSummary>,
+    /// Images measured.
+    pub n_images: u64,
+}
+
+/// Entry point with explicit stdio.
+pub fn run_with(argv: Vec<String>, stdio: Stdio) -> Result<()> {
+    run_outcome(argv, stdio).map(|_| ())
+}
+
+/// Images processed together on the worker threads.
+const CHUNK_IMAGES: usize = 512;
+
+/// Runs the tool and returns what it measured.
+pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
+    let args = Args::try_parse_from(&argv)?;
+    rmqm_cli::init_threads(args.threads);
+    let summary_line = Summary::start("manifold-stats");
+    let stdin = stdio.take_stdin();
+    let mut reader = VectorReader::open_with_stdin(
+        &args.input,
+        VectorKind::Embedding,
+        args.batch_rows,
+        move || stdin,
+    )?;
+    let path = reader.path().clone();
+    let dim = reader.width();
+    let input_prov = reader.provenance().clone();
+    let steps_meta = input_prov.get(keys::STEPS).and_then(|s| s.parse().ok());
+    if let Some(meta_dim) = input_prov
+        .get(keys::DIM)
+        .and_then(|d| d.parse::<usize>().ok())
+    {
+        if meta_dim != dim {
+            bail!(
+                "{}: metadata says dim {meta_dim} but the embedding column holds {dim} values",
+                path.display()
+            );
+        }
+    }
+    let bar = rmqm_cli::progress(
+        reader.total_rows().map(|r| r as u64),
+        "manifold-stats",
+        "rows",
+    );
+
+    let mut out_prov = base_provenance("manifold-stats", &argv);
+    out_prov.inherit(&input_prov.clone().with(keys::KIND, "stats"));
+    out_prov.set(keys::KIND, "stats");
+    let mut per_image_writer = match &args.per_image {
+        Some(o) => Some(ArtifactWriter::create(
+            o,
+            &per_image_table(&[]).to_record_batch().schema(),
+            &out_prov.clone().with(keys::KIND, "per-image"),
+        )?),
+        None => None,
+    };
+
+    // Decode on one thread while the others measure.
+    let (tx, rx) = mpsc::sync_channel::<Result<VectorBatch, rmqm_artifacts::ArtifactError>>(4);
+    let decoder = std::thread::spawn(move || {
+        loop {
+            match reader.next_batch() {
+                Ok(Some(b)) => {
+                    if tx.send(Ok(b)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+
+    let mut grouper = TrajectoryGrouper::new(dim, steps_meta);
+    let mut total = StatsAccumulator::new();
+    let mut by_label: BTreeMap<i32, StatsAccumulator> = BTreeMap::new();
+    let mut curves = CurveAccumulator::new();
+    let mut spectrum = SpectrumAccumulator::new(dim);
+    let mut first_epsilons: Option<Vec<f32>> = None;
+    let mut pending: Vec<ImageTrajectory> = Vec::new();
+    let mut process =
+        |images: &mut Vec<ImageTrajectory>, writer: &mut Option<ArtifactWriter>| -> Result<()> {
+            if images.is_empty() {
+                return Ok(());
+            }
+            if first_epsilons.is_none() {
+                first_epsilons = Some(images[0].epsilons.clone());
+            }
+            let terms: Vec<ImageTerms> = images
+                .par_iter()
+                .map(|img| image_terms(img.image_id, img.label, &img.rows, dim))
+                .collect();
+            for (img, t) in images.iter().zip(&terms) {
+                spectrum.add(&img.rows[..dim]);
+                total.add(t);
+                curves.add(t);
+                if args.by_label {
+                    by_label.entry(t.label).or_default().add(t);
+                }
+            }
+            if let Some(w) = writer.as_mut() {
+                w.write(&per_image_table(&terms).to_record_batch())?;
+            }
+            images.clear();
+            Ok(())
+        };
+    for batch in rx {
+        let batch = batch?;
+        bar.inc(batch.len() as u64);
+        grouper
+            .push(&batch, &mut pending)
+            .with_context(|| format!("{}", path.display()))?;
+        if pending.len() >= CHUNK_IMAGES {
+            process(&mut pending, &mut per_image_writer)?;
+        }
+    }
+    decoder
+        .join()
+        .map_err(|_| anyhow::anyhow!("decoder thread panicked"))?;
+    if let Some(last) = grouper
+        .finish()
+        .with_context(|| format!("{}", path.display()))?
+    {
+        pending.push(last);
+    }
+    process(&mut pending, &mut per_image_writer)?;
+    bar.finish_and_clear();
+    if total.n_images() == 0 {
+        bail!("{}: no rows: nothing to measure", path.display());
+    }
+
+    let conventions: &[Convention] = match args.convention {
+        ConventionChoice::Paper => &[Convention::Paper],
+        ConventionChoice::Reference => &[Convention::Reference],
+        ConventionChoice::Both => &[Convention::Paper, Convention::Reference],
+    };
+    let rankme = spectrum.rankme();
+    let alpha = spectrum.alpha_req();
+    let mut rows: Vec<(String, ConventionSummary)> = Vec::new();
+    for &c in conventions {
+        rows.push(("all".into(), total.summary(c, &args.weights)));
+        for (label, acc) in &by_label {
+            rows.push((label.to_string(), acc.summary(c, &args.weights)));
+        }
+    }
+    let table = summary_table(
+        &rows,
+        &input_prov,
+        dim,
+        &args.weights,
+        rankme,
+        alpha.alpha,
+        alpha.r_squared,
+        &args.input,
+    );
+    if let Some(w) = per_image_writer {
+        w.finish()?;
+    }
+    if let Some(out) = &args.curves {
+        let eps = first_epsilons.unwrap_or_default();
+        write_table(
+            out,
+            &curves_table(&curves, &eps, &input_prov, dim),
+            &out_prov.clone().with(keys::KIND, "curves"),
+        )?;
+    }
+    write_table(&args.output, &table, &out_prov)?;
+    let head = &rows[0].1;
+    summary_line.finish(&format!(
+        "{} images x {} steps, dim {dim}: D {:.4}, D_RC {:.4}, P_RC {:.4}, RMQM {:.4} ({}), wrote {}",
+        rmqm_cli::thousands(total.n_images()),
+        head.n_steps,
+        head.d,
+        head.d_rc,
+        head.p_rc,
+        head.rmqm,
+        head.convention,
+        args.output
+    ));
+    Ok(Outcome {
+        summaries: rows.into_iter().map(|(_, s)| s).collect(),
+        n_images: total.n_images(),
+    })
+}
+
+/// The provenance columns every stats table starts with, from the input's metadata.
+fn provenance_columns(t: &mut Table, prov: &Provenance, dim: usize, n: usize) {
+    let text = |k: &str| vec![prov.get(k).unwrap_or("unknown").to_string(); n];
+    t.push("model", Column::Str(text(keys::MODEL)));
+    t.push("method", Column::Str(text(keys::METHOD)));
+    t.push("arch", Column::Str(text(keys::ARCH)));
+    let dim = prov
+        .get(keys::DIM)
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(dim as i64);
+    t.push("dim", Column::I64(vec![dim; n]));
+    t.push("optimizer", Column::Str(text(keys::OPTIMIZER)));
+    t.push("train_dataset", Column::Str(text(keys::TRAIN_DATASET)));
+    t.push("dataset", Column::Str(text(keys::DATASET)));
+    t.push("alteration", Column::Str(text(keys::ALTERATION)));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summary_table(
+    rows: &[(String, ConventionSummary)],
+    prov: &Provenance,
+    dim: usize,
+    weights: &Weights,
+    rankme: f64,
+    alpha: f64,
+    alpha_r2: f64,
+    input: &Input,
+) -> Table {
+    let n = rows.len();
+    let mut t = Table::new();
+    provenance_columns(&mut t, prov, dim, n);
+    let f = |g: &dyn Fn(&ConventionSummary) -> f64| {
+        Column::F64(rows.iter().map(|(_, s)| g(s)).collect())
+    };
+    let i = |g: &dyn Fn(&ConventionSummary) -> u64| {
+        Column::I64(rows.iter().map(|(_, s)| g(s) as i64).collect())
+    };
+    t.push(
+        "convention",
+        Column::Str(
+            rows.iter()
+                .map(|(_, s)| s.convention.name().to_string())
+                .collect(),
+        ),
+    );
+    t.push(
+        "label",
+        Column::Str(rows.iter().map(|(l, _)| l.clone()).collect()),
+    );
+    t.push("D", f(&|s| s.d));
+    t.push("D_RC", f(&|s| s.d_rc));
+    t.push("P_RC", f(&|s| s.p_rc));
+    t.push("RMQM", f(&|s| s.rmqm));
+    t.push("RMQM_weighted", f(&|s| s.rmqm_weighted));
+    t.push("inv_D_RC", f(&|s| 1.0 / s.d_rc));
+    t.push("inv_P_RC", f(&|s| 1.0 / s.p_rc));
+    t.push("mean_dp", f(&|s| s.mean_dp));
+    t.push("distance_term", f(&|s| s.distance_term));
+    t.push("n_images", i(&|s| s.n_images));
+    t.push("n_steps", i(&|s| s.n_steps));
+    t.push("D_RC_zero_over_zero", i(&|s| s.d_rc_zero_over_zero));
+    t.push("D_RC_left_out", i(&|s| s.d_rc_left_out));
+    t.push("P_RC_zero_over_zero", i(&|s| s.p_rc_zero_over_zero));
+    t.push("P_RC_left_out", i(&|s| s.p_rc_left_out));
+    t.push("D_RC_dropped_images", i(&|s| s.d_rc_dropped_images));
+    t.push("P_RC_dropped_images", i(&|s| s.p_rc_dropped_images));
+    t.push("weights", Column::Str(vec![weights.to_string(); n]));
+    t.push("rankme", Column::F64(vec![rankme; n]));
+    t.push("alpha_req", Column::F64(vec![alpha; n]));
+    t.push("alpha_req_r2", Column::F64(vec![alpha_r2; n]));
+    t.push("source", Column::Str(vec![input.to_string(); n]));
+    t
+}
+
+fn per_image_table(terms: &[ImageTerms]) -> Table {
+    let f = |g: &dyn Fn(&ImageTerms) -> f64| Column::F64(terms.iter().map(g).collect());
+    let mut t = Table::new();
+    t.push(
+        "image_id",
+        Column::I64(terms.iter().map(|t| t.image_id as i64).collect()),
+    );
+    t.push(
+        "label",
+        Column::I64(terms.iter().map(|t| t.label as i64).collect()),
+    );
+    t.push("D", f(&|t| t.paper.d));
+    t.push("D_RC", f(&|t| t.paper.d_rc));
+    t.push("P_RC", f(&|t| t.paper.p_rc));
+    t.push("mean_dp", f(&|t| t.reference.mean_dp));
+    t.push(
+        "spike_orig",
+        f(&|t| t.reference.spike_orig.unwrap_or(f64::NAN)),
+    );
+    t.push(
+        "spike_prev",
+        f(&|t| t.reference.spike_prev.unwrap_or(f64::NAN)),
+    );
+    t.push(
+        "D_RC_left_out",
+        Column::I64(terms.iter().map(|t| t.paper.d_rc_left_out as i64).collect()),
+    );
+    t.push(
+        "P_RC_left_out",
+        Column::I64(terms.iter().map(|t| t.paper.p_rc_left_out as i64).collect()),
+    );
+    t
+}
+
+fn curves_table(
+    curves: &CurveAccumulator,
+    epsilons: &[f32],
+    prov: &Provenance,
+    dim: usize,
+) -> Table {
+    let n = curves.len();
+    let mut t = Table::new();
+    provenance_columns(&mut t, prov, dim, n);
+    t.push("step", Column::I64((0..n as i64).collect()));
+    t.push(
+        "epsilon",
+        Column::F64(
+            (0..n)
+                .map(|j| epsilons.get(j).map_or(f64::NAN, |&e| e as f64))
+                .collect(),
+        ),
+    );
+    let points: Vec<_> = (0..n).map(|j| curves.points(j)).collect();
+    for (k, name) in CURVE_NAMES.iter().enumerate() {
+        t.push(
+            &format!("{name}_mean"),
+            Column::F64(points.iter().map(|p| p[k].mean).collect()),
+        );
+        t.push(
+            &format!("{name}_se"),
+            Column::F64(points.iter().map(|p| p[k].se).collect()),
+        );
+        t.push(
+            &format!("{name}_n"),
+            Column::I64(points.iter().map(|p| p[k].n as i64).collect()),
+        );
+    }
+    t
+}

@@ -48,10 +48,16 @@ pub enum ArtifactError {
 impl ArtifactError {
     /// Wraps an I/O error with its path.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ArtifactError::Io { path: path.into(), source }
+        ArtifactError::Io {
+            path: path.into(),
+            source,
+        }
     }
     /// A corrupt-file error from any displayable cause.
     pub fn corrupt(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
-        ArtifactError::Corrupt { path: path.into(), reason: reason.to_string() }
+        ArtifactError::Corrupt {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
     }
 }

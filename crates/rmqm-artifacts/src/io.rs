@@ -13,7 +13,11 @@ pub enum Input {
 impl Input {
     /// Parses a command-line value: `-` is stdin, anything else a path.
     pub fn parse(s: &str) -> Input {
-        if s == "-" { Input::Stdin } else { Input::Path(PathBuf::from(s)) }
+        if s == "-" {
+            Input::Stdin
+        } else {
+            Input::Path(PathBuf::from(s))
+        }
     }
     /// The path to show in messages (`-` for stdin).
     pub fn display_path(&self) -> PathBuf {
@@ -48,7 +52,11 @@ pub enum Output {
 impl Output {
     /// Parses a command-line value: `-` is stdout, anything else a path.
     pub fn parse(s: &str) -> Output {
-        if s == "-" { Output::Stdout } else { Output::Path(PathBuf::from(s)) }
+        if s == "-" {
+            Output::Stdout
+        } else {
+            Output::Path(PathBuf::from(s))
+        }
     }
     /// The path to show in messages (`-` for stdout).
     pub fn display_path(&self) -> PathBuf {

@@ -17,10 +17,11 @@ mod writer;
 
 pub use error::ArtifactError;
 pub use io::{Input, Output};
-pub use provenance::{keys, Provenance, METADATA_PREFIX};
+pub use provenance::{METADATA_PREFIX, Provenance, keys};
 pub use reader::{ArtifactReader, Format};
-pub use table::{read_table, read_tables, write_table, Column, Table};
+pub use table::{Column, Table, read_table, read_tables, write_table};
 pub use vectors::{
-    vector_schema, VectorBatch, VectorBatchBuilder, VectorKind, VectorReader, VectorWriter, KEY_COLUMNS,
+    KEY_COLUMNS, VectorBatch, VectorBatchBuilder, VectorKind, VectorReader, VectorWriter,
+    vector_schema,
 };
 pub use writer::ArtifactWriter;

@@ -117,21 +117,29 @@ impl Provenance {
     /// Copies every entry of `other` that is not yet set here.
     pub fn inherit(&mut self, other: &Provenance) -> &mut Self {
         for (k, v) in other.iter() {
-            self.entries.entry(k.to_string()).or_insert_with(|| v.to_string());
+            self.entries
+                .entry(k.to_string())
+                .or_insert_with(|| v.to_string());
         }
         self
     }
 
     /// Entries with the `rmqm.` prefix, as stored in a file's metadata.
     pub fn to_metadata(&self) -> HashMap<String, String> {
-        self.entries.iter().map(|(k, v)| (format!("{METADATA_PREFIX}{k}"), v.clone())).collect()
+        self.entries
+            .iter()
+            .map(|(k, v)| (format!("{METADATA_PREFIX}{k}"), v.clone()))
+            .collect()
     }
 
     /// Reads the `rmqm.` entries of a file's metadata (other keys are ignored).
     pub fn from_metadata<'a>(metadata: impl IntoIterator<Item = (&'a String, &'a String)>) -> Self {
         let entries = metadata
             .into_iter()
-            .filter_map(|(k, v)| k.strip_prefix(METADATA_PREFIX).map(|k| (k.to_string(), v.clone())))
+            .filter_map(|(k, v)| {
+                k.strip_prefix(METADATA_PREFIX)
+                    .map(|k| (k.to_string(), v.clone()))
+            })
             .collect();
         Provenance { entries }
     }

@@ -40,9 +40,15 @@ fn detect(path: &PathBuf, head: &[u8]) -> Result<Format, ArtifactError> {
     } else if head.starts_with(&[0xff, 0xff, 0xff, 0xff]) {
         Ok(Format::IpcStream)
     } else if head.is_empty() {
-        Err(ArtifactError::corrupt(path, "empty input (expected a Parquet file or an Arrow IPC stream)"))
+        Err(ArtifactError::corrupt(
+            path,
+            "empty input (expected a Parquet file or an Arrow IPC stream)",
+        ))
     } else {
-        Err(ArtifactError::corrupt(path, "not a Parquet file or an Arrow IPC stream"))
+        Err(ArtifactError::corrupt(
+            path,
+            "not a Parquet file or an Arrow IPC stream",
+        ))
     }
 }
 
@@ -65,14 +71,21 @@ impl ArtifactReader {
                 let mut head = [0u8; 8];
                 let n = read_up_to(&mut file, &mut head).map_err(|e| ArtifactError::io(p, e))?;
                 let format = detect(&path, &head[..n])?;
-                file.seek(SeekFrom::Start(0)).map_err(|e| ArtifactError::io(p, e))?;
+                file.seek(SeekFrom::Start(0))
+                    .map_err(|e| ArtifactError::io(p, e))?;
                 match format {
                     Format::Parquet => Self::parquet(path, file, batch_rows),
                     Format::IpcFile => {
                         let r = arrow_ipc::reader::FileReader::try_new(BufReader::new(file), None)
                             .map_err(|e| ArtifactError::corrupt(&path, e))?;
                         let schema = r.schema();
-                        Ok(Self::assemble(path, Format::IpcFile, schema, Box::new(r), None))
+                        Ok(Self::assemble(
+                            path,
+                            Format::IpcFile,
+                            schema,
+                            Box::new(r),
+                            None,
+                        ))
                     }
                     Format::IpcStream => Self::ipc_stream(path, Box::new(file)),
                 }
@@ -80,24 +93,37 @@ impl ArtifactReader {
             Input::Stdin => {
                 let mut stream = stdin();
                 let mut head = [0u8; 8];
-                let n = read_up_to(&mut stream, &mut head).map_err(|e| ArtifactError::io(&path, e))?;
+                let n =
+                    read_up_to(&mut stream, &mut head).map_err(|e| ArtifactError::io(&path, e))?;
                 let format = detect(&path, &head[..n])?;
-                let chained: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(head[..n].to_vec()).chain(stream));
+                let chained: Box<dyn Read + Send> =
+                    Box::new(std::io::Cursor::new(head[..n].to_vec()).chain(stream));
                 match format {
                     Format::IpcStream => Self::ipc_stream(path, chained),
                     _ => {
                         // Parquet and IPC files need random access: buffer the input.
                         let mut bytes = Vec::new();
                         let mut chained = chained;
-                        chained.read_to_end(&mut bytes).map_err(|e| ArtifactError::io(&path, e))?;
+                        chained
+                            .read_to_end(&mut bytes)
+                            .map_err(|e| ArtifactError::io(&path, e))?;
                         let bytes = bytes::Bytes::from(bytes);
                         if format == Format::Parquet {
                             Self::parquet(path, bytes, batch_rows)
                         } else {
-                            let r = arrow_ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
-                                .map_err(|e| ArtifactError::corrupt(&path, e))?;
+                            let r = arrow_ipc::reader::FileReader::try_new(
+                                std::io::Cursor::new(bytes),
+                                None,
+                            )
+                            .map_err(|e| ArtifactError::corrupt(&path, e))?;
                             let schema = r.schema();
-                            Ok(Self::assemble(path, Format::IpcFile, schema, Box::new(r), None))
+                            Ok(Self::assemble(
+                                path,
+                                Format::IpcFile,
+                                schema,
+                                Box::new(r),
+                                None,
+                            ))
                         }
                     }
                 }
@@ -110,7 +136,8 @@ impl ArtifactReader {
         source: T,
         batch_rows: usize,
     ) -> Result<Self, ArtifactError> {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(source).map_err(|e| ArtifactError::corrupt(&path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(source)
+            .map_err(|e| ArtifactError::corrupt(&path, e))?;
         let rows = builder.metadata().file_metadata().num_rows() as usize;
         let mut schema = builder.schema().clone();
         // Parquet key-value metadata may hold entries the Arrow schema lacks (files from other writers).
@@ -127,20 +154,51 @@ impl ArtifactReader {
             }
             schema = std::sync::Arc::new(schema.as_ref().clone().with_metadata(md));
         }
-        let reader = builder.with_batch_size(batch_rows.max(1)).build().map_err(|e| ArtifactError::corrupt(&path, e))?;
-        Ok(Self::assemble(path, Format::Parquet, schema, Box::new(reader), Some(rows)))
+        let reader = builder
+            .with_batch_size(batch_rows.max(1))
+            .build()
+            .map_err(|e| ArtifactError::corrupt(&path, e))?;
+        Ok(Self::assemble(
+            path,
+            Format::Parquet,
+            schema,
+            Box::new(reader),
+            Some(rows),
+        ))
     }
 
     fn ipc_stream(path: PathBuf, source: Box<dyn Read + Send>) -> Result<Self, ArtifactError> {
-        let r = arrow_ipc::reader::StreamReader::try_new(BufReader::with_capacity(1 << 20, source), None)
-            .map_err(|e| ArtifactError::corrupt(&path, e))?;
+        let r = arrow_ipc::reader::StreamReader::try_new(
+            BufReader::with_capacity(1 << 20, source),
+            None,
+        )
+        .map_err(|e| ArtifactError::corrupt(&path, e))?;
         let schema = r.schema();
-        Ok(Self::assemble(path, Format::IpcStream, schema, Box::new(r), None))
+        Ok(Self::assemble(
+            path,
+            Format::IpcStream,
+            schema,
+            Box::new(r),
+            None,
+        ))
     }
 
-    fn assemble(path: PathBuf, format: Format, schema: SchemaRef, batches: BatchIter, rows: Option<usize>) -> Self {
+    fn assemble(
+        path: PathBuf,
+        format: Format,
+        schema: SchemaRef,
+        batches: BatchIter,
+        rows: Option<usize>,
+    ) -> Self {
         let provenance = Provenance::from_metadata(schema.metadata());
-        ArtifactReader { path, format, schema, provenance, batches, rows }
+        ArtifactReader {
+            path,
+            format,
+            schema,
+            provenance,
+            batches,
+            rows,
+        }
     }
 
     /// The path shown in messages (`-` for stdin).

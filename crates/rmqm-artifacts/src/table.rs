@@ -3,7 +3,9 @@
 
 use crate::{ArtifactError, ArtifactReader, ArtifactWriter, Input, Output, Provenance};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type, UInt16Type, UInt32Type, UInt64Type};
+use arrow_array::types::{
+    Float32Type, Float64Type, Int32Type, Int64Type, UInt16Type, UInt32Type, UInt64Type,
+};
 use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use std::sync::Arc;
@@ -114,12 +116,17 @@ impl Table {
     }
     /// The table as one Arrow record batch.
     pub fn to_record_batch(&self) -> RecordBatch {
-        let fields: Vec<Field> = self.columns.iter().map(|(n, c)| Field::new(n, c.data_type(), false)).collect();
+        let fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|(n, c)| Field::new(n, c.data_type(), false))
+            .collect();
         let arrays: Vec<ArrayRef> = self.columns.iter().map(|(_, c)| c.to_array()).collect();
         if fields.is_empty() {
             return RecordBatch::new_empty(Arc::new(Schema::empty()));
         }
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).expect("columns have equal length")
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .expect("columns have equal length")
     }
     /// Appends the rows of `other`, which must have the same column names and types.
     pub fn append(&mut self, other: &Table) -> Result<(), String> {
@@ -130,7 +137,11 @@ impl Table {
         let names: Vec<&String> = self.columns.iter().map(|(n, _)| n).collect();
         let other_names: Vec<&String> = other.columns.iter().map(|(n, _)| n).collect();
         if names != other_names {
-            return Err(format!("columns differ: [{}] vs [{}]", join(&names), join(&other_names)));
+            return Err(format!(
+                "columns differ: [{}] vs [{}]",
+                join(&names),
+                join(&other_names)
+            ));
         }
         for ((name, a), (_, b)) in self.columns.iter_mut().zip(&other.columns) {
             match (a, b) {
@@ -161,7 +172,11 @@ fn join(v: &[&String]) -> String {
 }
 
 /// Writes `table` to `output` with `provenance` (atomic for files).
-pub fn write_table(output: &Output, table: &Table, provenance: &Provenance) -> Result<(), ArtifactError> {
+pub fn write_table(
+    output: &Output,
+    table: &Table,
+    provenance: &Provenance,
+) -> Result<(), ArtifactError> {
     let batch = table.to_record_batch();
     let mut w = ArtifactWriter::create(output, &batch.schema(), provenance)?;
     w.write(&batch)?;
@@ -169,24 +184,71 @@ pub fn write_table(output: &Output, table: &Table, provenance: &Provenance) -> R
     Ok(())
 }
 
-fn column_from_array(path: &std::path::Path, name: &str, a: &ArrayRef) -> Result<Column, ArtifactError> {
+fn column_from_array(
+    path: &std::path::Path,
+    name: &str,
+    a: &ArrayRef,
+) -> Result<Column, ArtifactError> {
     let col = match a.data_type() {
-        DataType::Float64 => Column::F64(a.as_primitive::<Float64Type>().iter().map(|v| v.unwrap_or(f64::NAN)).collect()),
-        DataType::Float32 => {
-            Column::F64(a.as_primitive::<Float32Type>().iter().map(|v| v.map_or(f64::NAN, f64::from)).collect())
-        }
-        DataType::Int64 => Column::I64(a.as_primitive::<Int64Type>().iter().map(|v| v.unwrap_or(0)).collect()),
-        DataType::Int32 => Column::I64(a.as_primitive::<Int32Type>().iter().map(|v| v.unwrap_or(0) as i64).collect()),
-        DataType::UInt32 => Column::I64(a.as_primitive::<UInt32Type>().iter().map(|v| v.unwrap_or(0) as i64).collect()),
-        DataType::UInt16 => Column::I64(a.as_primitive::<UInt16Type>().iter().map(|v| v.unwrap_or(0) as i64).collect()),
-        DataType::UInt64 => Column::I64(a.as_primitive::<UInt64Type>().iter().map(|v| v.unwrap_or(0) as i64).collect()),
-        DataType::Utf8 => Column::Str(a.as_string::<i32>().iter().map(|v| v.unwrap_or("").to_string()).collect()),
-        DataType::LargeUtf8 => Column::Str(a.as_string::<i64>().iter().map(|v| v.unwrap_or("").to_string()).collect()),
+        DataType::Float64 => Column::F64(
+            a.as_primitive::<Float64Type>()
+                .iter()
+                .map(|v| v.unwrap_or(f64::NAN))
+                .collect(),
+        ),
+        DataType::Float32 => Column::F64(
+            a.as_primitive::<Float32Type>()
+                .iter()
+                .map(|v| v.map_or(f64::NAN, f64::from))
+                .collect(),
+        ),
+        DataType::Int64 => Column::I64(
+            a.as_primitive::<Int64Type>()
+                .iter()
+                .map(|v| v.unwrap_or(0))
+                .collect(),
+        ),
+        DataType::Int32 => Column::I64(
+            a.as_primitive::<Int32Type>()
+                .iter()
+                .map(|v| v.unwrap_or(0) as i64)
+                .collect(),
+        ),
+        DataType::UInt32 => Column::I64(
+            a.as_primitive::<UInt32Type>()
+                .iter()
+                .map(|v| v.unwrap_or(0) as i64)
+                .collect(),
+        ),
+        DataType::UInt16 => Column::I64(
+            a.as_primitive::<UInt16Type>()
+                .iter()
+                .map(|v| v.unwrap_or(0) as i64)
+                .collect(),
+        ),
+        DataType::UInt64 => Column::I64(
+            a.as_primitive::<UInt64Type>()
+                .iter()
+                .map(|v| v.unwrap_or(0) as i64)
+                .collect(),
+        ),
+        DataType::Utf8 => Column::Str(
+            a.as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap_or("").to_string())
+                .collect(),
+        ),
+        DataType::LargeUtf8 => Column::Str(
+            a.as_string::<i64>()
+                .iter()
+                .map(|v| v.unwrap_or("").to_string())
+                .collect(),
+        ),
         other => {
             return Err(ArtifactError::Schema {
                 path: path.into(),
                 reason: format!("column {name} has type {other}, which tables do not hold"),
-            })
+            });
         }
     };
     Ok(col)
@@ -208,7 +270,12 @@ pub fn read_table(input: &Input) -> Result<(Table, Provenance), ArtifactError> {
             table = part;
             first = false;
         } else {
-            table.append(&part).map_err(|reason| ArtifactError::Schema { path: path.clone(), reason })?;
+            table
+                .append(&part)
+                .map_err(|reason| ArtifactError::Schema {
+                    path: path.clone(),
+                    reason,
+                })?;
         }
     }
     if first {
@@ -226,7 +293,10 @@ pub fn read_tables(inputs: &[Input]) -> Result<(Table, Vec<Provenance>), Artifac
     let mut provs = Vec::new();
     for input in inputs {
         let (t, p) = read_table(input)?;
-        all.append(&t).map_err(|reason| ArtifactError::Schema { path: input.display_path(), reason })?;
+        all.append(&t).map_err(|reason| ArtifactError::Schema {
+            path: input.display_path(),
+            reason,
+        })?;
         provs.push(p);
     }
     Ok((all, provs))

@@ -1,10 +1,13 @@
 //! Vector artifacts: embeddings, trajectories and altered-image streams. Key columns
 //! `image_id, label, step, epsilon`, then a `FixedSizeList<Float32, width>` of values.
 
-use crate::{keys, ArtifactError, ArtifactReader, ArtifactWriter, Input, Output, Provenance};
+use crate::{ArtifactError, ArtifactReader, ArtifactWriter, Input, Output, Provenance, keys};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int32Type, UInt16Type, UInt32Type};
-use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, UInt16Array, UInt32Array};
+use arrow_array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, UInt16Array,
+    UInt32Array,
+};
 use arrow_buffer::ScalarBuffer;
 use arrow_schema::{DataType, Field, Schema};
 use std::io::{Read, Write};
@@ -41,7 +44,11 @@ pub fn vector_schema(kind: VectorKind, width: usize) -> Schema {
         Field::new("label", DataType::Int32, false),
         Field::new("step", DataType::UInt16, false),
         Field::new("epsilon", DataType::Float32, false),
-        Field::new(kind.column(), DataType::FixedSizeList(item, width as i32), false),
+        Field::new(
+            kind.column(),
+            DataType::FixedSizeList(item, width as i32),
+            false,
+        ),
     ])
 }
 
@@ -97,7 +104,13 @@ impl VectorBatch {
         let mut b = VectorBatchBuilder::new(width, batches.iter().map(|b| b.len()).sum());
         for batch in batches {
             for i in 0..batch.len() {
-                b.push(batch.image_ids[i], batch.labels[i], batch.steps[i], batch.epsilons[i], batch.row(i));
+                b.push(
+                    batch.image_ids[i],
+                    batch.labels[i],
+                    batch.steps[i],
+                    batch.epsilons[i],
+                    batch.row(i),
+                );
             }
         }
         b.finish()
@@ -166,7 +179,12 @@ pub struct VectorWriter {
 
 impl VectorWriter {
     /// Opens `output` for vectors of `width` values; `provenance` must already say what the file is.
-    pub fn create(output: &Output, kind: VectorKind, width: usize, provenance: &Provenance) -> Result<Self, ArtifactError> {
+    pub fn create(
+        output: &Output,
+        kind: VectorKind,
+        width: usize,
+        provenance: &Provenance,
+    ) -> Result<Self, ArtifactError> {
         let inner = ArtifactWriter::create(output, &vector_schema(kind, width), provenance)?;
         Ok(VectorWriter { inner, kind, width })
     }
@@ -178,7 +196,12 @@ impl VectorWriter {
         provenance: &Provenance,
         stdout: impl FnOnce() -> Box<dyn Write + Send>,
     ) -> Result<Self, ArtifactError> {
-        let inner = ArtifactWriter::create_with_stdout(output, &vector_schema(kind, width), provenance, stdout)?;
+        let inner = ArtifactWriter::create_with_stdout(
+            output,
+            &vector_schema(kind, width),
+            provenance,
+            stdout,
+        )?;
         Ok(VectorWriter { inner, kind, width })
     }
     /// Appends a batch.
@@ -186,7 +209,10 @@ impl VectorWriter {
         if batch.width != self.width {
             return Err(ArtifactError::Schema {
                 path: self.inner.path().clone(),
-                reason: format!("batch has {}-value vectors, file has {}", batch.width, self.width),
+                reason: format!(
+                    "batch has {}-value vectors, file has {}",
+                    batch.width, self.width
+                ),
             });
         }
         self.inner.write(&batch.to_record_batch(self.kind))
@@ -221,7 +247,10 @@ impl VectorReader {
         batch_rows: usize,
         stdin: impl FnOnce() -> Box<dyn Read + Send>,
     ) -> Result<Self, ArtifactError> {
-        Self::from_reader(ArtifactReader::open_with_stdin(input, batch_rows, stdin)?, kind)
+        Self::from_reader(
+            ArtifactReader::open_with_stdin(input, batch_rows, stdin)?,
+            kind,
+        )
     }
 
     /// Wraps an open artifact after checking its schema.
@@ -236,7 +265,10 @@ impl VectorReader {
         ];
         let fields = schema.fields();
         let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
-        let schema_err = |reason: String| ArtifactError::Schema { path: path.clone(), reason };
+        let schema_err = |reason: String| ArtifactError::Schema {
+            path: path.clone(),
+            reason,
+        };
         if fields.len() < 5 {
             return Err(schema_err(format!(
                 "expected columns image_id, label, step, epsilon, {}; found {}",
@@ -267,12 +299,16 @@ impl VectorReader {
             )));
         }
         let width = match vector.data_type() {
-            DataType::FixedSizeList(item, w) if item.data_type() == &DataType::Float32 && *w > 0 => *w as usize,
+            DataType::FixedSizeList(item, w)
+                if item.data_type() == &DataType::Float32 && *w > 0 =>
+            {
+                *w as usize
+            }
             other => {
                 return Err(schema_err(format!(
                     "column {} must be FixedSizeList<Float32, n>, found {other}",
                     kind.column()
-                )))
+                )));
             }
         };
         if kind == VectorKind::Pixels {
@@ -283,7 +319,10 @@ impl VectorReader {
             if c * h * w != width {
                 return Err(ArtifactError::Metadata {
                     path,
-                    reason: format!("channels*height*width = {c}*{h}*{w} = {} but pixels has {width} values", c * h * w),
+                    reason: format!(
+                        "channels*height*width = {c}*{h}*{w} = {} but pixels has {width} values",
+                        c * h * w
+                    ),
                 });
             }
         }
@@ -313,23 +352,34 @@ impl VectorReader {
 
     /// The next batch, checked: no nulls, every value finite.
     pub fn next_batch(&mut self) -> Result<Option<VectorBatch>, ArtifactError> {
-        let Some(rb) = self.inner.next_batch()? else { return Ok(None) };
+        let Some(rb) = self.inner.next_batch()? else {
+            return Ok(None);
+        };
         let path = self.inner.path().clone();
         for (i, c) in rb.columns().iter().enumerate().take(5) {
             if c.null_count() > 0 {
                 return Err(ArtifactError::Data {
                     path,
-                    reason: format!("column {} has {} null values", rb.schema().field(i).name(), c.null_count()),
+                    reason: format!(
+                        "column {} has {} null values",
+                        rb.schema().field(i).name(),
+                        c.null_count()
+                    ),
                 });
             }
         }
         let list = rb.column(4).as_fixed_size_list();
         let inner_values = list.values().as_primitive::<Float32Type>();
         if inner_values.null_count() > 0 {
-            return Err(ArtifactError::Data { path, reason: format!("{} has null values", self.kind.column()) });
+            return Err(ArtifactError::Data {
+                path,
+                reason: format!("{} has null values", self.kind.column()),
+            });
         }
         let start = list.offset() * self.width;
-        let values = inner_values.values().slice(start, rb.num_rows() * self.width);
+        let values = inner_values
+            .values()
+            .slice(start, rb.num_rows() * self.width);
         let batch = VectorBatch {
             image_ids: rb.column(0).as_primitive::<UInt32Type>().values().clone(),
             labels: rb.column(1).as_primitive::<Int32Type>().values().clone(),

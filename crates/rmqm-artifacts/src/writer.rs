@@ -18,7 +18,10 @@ use std::sync::Arc;
 const ROW_GROUP_BYTES: usize = 32 << 20;
 
 enum Sink {
-    Parquet { writer: ArrowWriter<BufWriter<tempfile::NamedTempFile>>, target: PathBuf },
+    Parquet {
+        writer: ArrowWriter<BufWriter<tempfile::NamedTempFile>>,
+        target: PathBuf,
+    },
     Ipc(arrow_ipc::writer::StreamWriter<BufWriter<Box<dyn Write + Send>>>),
 }
 
@@ -33,7 +36,11 @@ pub struct ArtifactWriter {
 impl ArtifactWriter {
     /// Opens `output` for batches of `schema`; `provenance` goes into the schema metadata (and, for
     /// Parquet, the file's key-value metadata too, where DuckDB and `pyarrow.parquet.read_metadata` see it).
-    pub fn create(output: &Output, schema: &Schema, provenance: &Provenance) -> Result<Self, ArtifactError> {
+    pub fn create(
+        output: &Output,
+        schema: &Schema,
+        provenance: &Provenance,
+    ) -> Result<Self, ArtifactError> {
         Self::create_with_stdout(output, schema, provenance, || Box::new(std::io::stdout()))
     }
 
@@ -61,14 +68,20 @@ impl ArtifactWriter {
                     _ => PathBuf::from("."),
                 };
                 std::fs::create_dir_all(&dir).map_err(|e| ArtifactError::io(&dir, e))?;
-                let name = target.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                let name = target
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
                 let tmp = tempfile::Builder::new()
                     .prefix(&format!(".{name}."))
                     .suffix(".tmp")
                     .tempfile_in(&dir)
                     .map_err(|e| ArtifactError::io(&dir, e))?;
-                let mut kv: Vec<KeyValue> =
-                    provenance.to_metadata().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+                let mut kv: Vec<KeyValue> = provenance
+                    .to_metadata()
+                    .into_iter()
+                    .map(|(k, v)| KeyValue::new(k, v))
+                    .collect();
                 kv.sort_by(|a, b| a.key.cmp(&b.key));
                 let mut props = WriterProperties::builder()
                     .set_compression(Compression::SNAPPY)
@@ -79,16 +92,30 @@ impl ArtifactWriter {
                 // Statistics only on the small key columns, where they help readers skip.
                 for f in schema.fields() {
                     if !matches!(f.data_type(), arrow_schema::DataType::FixedSizeList(..)) {
-                        props = props
-                            .set_column_statistics_enabled(ColumnPath::from(f.name().as_str()), EnabledStatistics::Chunk);
+                        props = props.set_column_statistics_enabled(
+                            ColumnPath::from(f.name().as_str()),
+                            EnabledStatistics::Chunk,
+                        );
                     }
                 }
-                let writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, tmp), schema.clone(), Some(props.build()))
-                    .map_err(|e| ArtifactError::corrupt(target, e))?;
-                Sink::Parquet { writer, target: target.clone() }
+                let writer = ArrowWriter::try_new(
+                    BufWriter::with_capacity(1 << 20, tmp),
+                    schema.clone(),
+                    Some(props.build()),
+                )
+                .map_err(|e| ArtifactError::corrupt(target, e))?;
+                Sink::Parquet {
+                    writer,
+                    target: target.clone(),
+                }
             }
         };
-        Ok(ArtifactWriter { sink: Some(sink), schema, path, rows: 0 })
+        Ok(ArtifactWriter {
+            sink: Some(sink),
+            schema,
+            path,
+            rows: 0,
+        })
     }
 
     /// The schema batches must have (with the metadata attached).
@@ -111,15 +138,22 @@ impl ArtifactWriter {
         let batch = if batch.schema().metadata() == self.schema.metadata() {
             batch.clone()
         } else {
-            batch.clone().with_schema(self.schema.clone()).map_err(|e| ArtifactError::Schema {
-                path: self.path.clone(),
-                reason: format!("batch does not match the output schema: {e}"),
-            })?
+            batch
+                .clone()
+                .with_schema(self.schema.clone())
+                .map_err(|e| ArtifactError::Schema {
+                    path: self.path.clone(),
+                    reason: format!("batch does not match the output schema: {e}"),
+                })?
         };
         self.rows += batch.num_rows();
         match self.sink.as_mut().expect("writer used after finish") {
-            Sink::Parquet { writer, .. } => writer.write(&batch).map_err(|e| ArtifactError::corrupt(&self.path, e)),
-            Sink::Ipc(w) => w.write(&batch).map_err(|e| ArtifactError::corrupt(&self.path, e)),
+            Sink::Parquet { writer, .. } => writer
+                .write(&batch)
+                .map_err(|e| ArtifactError::corrupt(&self.path, e)),
+            Sink::Ipc(w) => w
+                .write(&batch)
+                .map_err(|e| ArtifactError::corrupt(&self.path, e)),
         }
     }
 
@@ -127,21 +161,33 @@ impl ArtifactWriter {
     pub fn finish(mut self) -> Result<usize, ArtifactError> {
         match self.sink.take().expect("finish called twice") {
             Sink::Parquet { writer, target } => {
-                let buffered = writer.into_inner().map_err(|e| ArtifactError::corrupt(&target, e))?;
-                let tmp = buffered.into_inner().map_err(|e| ArtifactError::io(&target, e.into_error()))?;
-                tmp.as_file().sync_data().map_err(|e| ArtifactError::io(&target, e))?;
+                let buffered = writer
+                    .into_inner()
+                    .map_err(|e| ArtifactError::corrupt(&target, e))?;
+                let tmp = buffered
+                    .into_inner()
+                    .map_err(|e| ArtifactError::io(&target, e.into_error()))?;
+                tmp.as_file()
+                    .sync_data()
+                    .map_err(|e| ArtifactError::io(&target, e))?;
                 // Temporary files are private (0600); a finished artifact is an ordinary file.
                 #[cfg(unix)]
                 {
                     use std::os::unix::fs::PermissionsExt;
                     let perms = std::fs::Permissions::from_mode(0o644);
-                    tmp.as_file().set_permissions(perms).map_err(|e| ArtifactError::io(&target, e))?;
+                    tmp.as_file()
+                        .set_permissions(perms)
+                        .map_err(|e| ArtifactError::io(&target, e))?;
                 }
-                tmp.persist(&target).map_err(|e| ArtifactError::io(&target, e.error))?;
+                tmp.persist(&target)
+                    .map_err(|e| ArtifactError::io(&target, e.error))?;
             }
             Sink::Ipc(mut w) => {
-                w.finish().map_err(|e| ArtifactError::corrupt(&self.path, e))?;
-                let mut inner = w.into_inner().map_err(|e| ArtifactError::corrupt(&self.path, e))?;
+                w.finish()
+                    .map_err(|e| ArtifactError::corrupt(&self.path, e))?;
+                let mut inner = w
+                    .into_inner()
+                    .map_err(|e| ArtifactError::corrupt(&self.path, e))?;
                 if let Err(e) = inner.flush() {
                     // A closed pipe downstream is the reader's choice, not our failure.
                     if e.kind() != std::io::ErrorKind::BrokenPipe {

@@ -8,7 +8,9 @@ fn sample(width: usize, images: u32, steps: u16) -> VectorBatch {
     let mut b = VectorBatchBuilder::new(width, (images as usize) * (steps as usize + 1));
     for id in 0..images {
         for s in 0..=steps {
-            let v: Vec<f32> = (0..width).map(|k| id as f32 + s as f32 * 0.1 + k as f32 * 0.01).collect();
+            let v: Vec<f32> = (0..width)
+                .map(|k| id as f32 + s as f32 * 0.1 + k as f32 * 0.01)
+                .collect();
             b.push(id, (id % 3) as i32, s, s as f32 / steps.max(1) as f32, &v);
         }
     }
@@ -16,7 +18,11 @@ fn sample(width: usize, images: u32, steps: u16) -> VectorBatch {
 }
 
 fn provenance() -> Provenance {
-    Provenance::new().with(keys::KIND, "trajectories").with(keys::MODEL, "m1").with(keys::DIM, 4).with(keys::SEED, 7)
+    Provenance::new()
+        .with(keys::KIND, "trajectories")
+        .with(keys::MODEL, "m1")
+        .with(keys::DIM, 4)
+        .with(keys::SEED, 7)
 }
 
 /// A `Write` that appends into shared memory, standing in for stdout.
@@ -37,12 +43,21 @@ fn parquet_round_trip_keeps_rows_and_provenance() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub/traj.parquet");
     let batch = sample(4, 5, 3);
-    let mut w = VectorWriter::create(&Output::Path(path.clone()), VectorKind::Embedding, 4, &provenance()).unwrap();
+    let mut w = VectorWriter::create(
+        &Output::Path(path.clone()),
+        VectorKind::Embedding,
+        4,
+        &provenance(),
+    )
+    .unwrap();
     w.write(&batch).unwrap();
     w.write(&batch).unwrap();
     assert_eq!(w.finish().unwrap(), 40);
     // No temporary file is left beside the result.
-    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
 
     let mut r = VectorReader::open(&Input::Path(path.clone()), VectorKind::Embedding, 7).unwrap();
@@ -56,23 +71,36 @@ fn parquet_round_trip_keeps_rows_and_provenance() {
     assert_eq!(&all.row(39), &batch.row(19));
     assert_eq!(all.steps[..4], [0, 1, 2, 3]);
     // The wrong kind is rejected with the column named.
-    let e = VectorReader::open(&Input::Path(path.clone()), VectorKind::Pixels, 7).err().unwrap();
-    assert!(e.to_string().contains("pixels") && e.to_string().contains("traj.parquet"), "{e}");
+    let e = VectorReader::open(&Input::Path(path.clone()), VectorKind::Pixels, 7)
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("pixels") && e.to_string().contains("traj.parquet"),
+        "{e}"
+    );
 }
 
 #[test]
 fn ipc_stream_round_trip_through_a_pipe() {
     let sink = Shared::default();
     let s2 = sink.clone();
-    let mut w = VectorWriter::create_with_stdout(&Output::Stdout, VectorKind::Embedding, 4, &provenance(), move || Box::new(s2))
-        .unwrap();
+    let mut w = VectorWriter::create_with_stdout(
+        &Output::Stdout,
+        VectorKind::Embedding,
+        4,
+        &provenance(),
+        move || Box::new(s2),
+    )
+    .unwrap();
     let batch = sample(4, 3, 2);
     w.write(&batch).unwrap();
     w.finish().unwrap();
     let bytes = sink.0.lock().unwrap().clone();
     let mut r =
-        VectorReader::open_with_stdin(&Input::Stdin, VectorKind::Embedding, 1024, move || Box::new(Cursor::new(bytes)))
-            .unwrap();
+        VectorReader::open_with_stdin(&Input::Stdin, VectorKind::Embedding, 1024, move || {
+            Box::new(Cursor::new(bytes))
+        })
+        .unwrap();
     assert_eq!(r.provenance().get(keys::KIND), Some("trajectories"));
     assert_eq!(r.read_all().unwrap(), batch);
 }
@@ -82,13 +110,21 @@ fn parquet_on_stdin_is_buffered_and_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.parquet");
     let batch = sample(4, 2, 1);
-    let mut w = VectorWriter::create(&Output::Path(path.clone()), VectorKind::Embedding, 4, &provenance()).unwrap();
+    let mut w = VectorWriter::create(
+        &Output::Path(path.clone()),
+        VectorKind::Embedding,
+        4,
+        &provenance(),
+    )
+    .unwrap();
     w.write(&batch).unwrap();
     w.finish().unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let mut r =
-        VectorReader::open_with_stdin(&Input::Stdin, VectorKind::Embedding, 1024, move || Box::new(Cursor::new(bytes)))
-            .unwrap();
+        VectorReader::open_with_stdin(&Input::Stdin, VectorKind::Embedding, 1024, move || {
+            Box::new(Cursor::new(bytes))
+        })
+        .unwrap();
     assert_eq!(r.read_all().unwrap(), batch);
 }
 
@@ -97,16 +133,32 @@ fn a_writer_dropped_before_finish_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("partial.parquet");
     {
-        let mut w = VectorWriter::create(&Output::Path(path.clone()), VectorKind::Embedding, 4, &provenance()).unwrap();
+        let mut w = VectorWriter::create(
+            &Output::Path(path.clone()),
+            VectorKind::Embedding,
+            4,
+            &provenance(),
+        )
+        .unwrap();
         w.write(&sample(4, 2, 1)).unwrap();
         // Dropped here, as on an error.
     }
     assert!(!path.exists());
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temporary file removed");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "temporary file removed"
+    );
     // An existing file is only replaced when the new one is complete.
     std::fs::write(&path, b"old").unwrap();
     {
-        let mut w = VectorWriter::create(&Output::Path(path.clone()), VectorKind::Embedding, 4, &provenance()).unwrap();
+        let mut w = VectorWriter::create(
+            &Output::Path(path.clone()),
+            VectorKind::Embedding,
+            4,
+            &provenance(),
+        )
+        .unwrap();
         w.write(&sample(4, 2, 1)).unwrap();
     }
     assert_eq!(std::fs::read(&path).unwrap(), b"old");
@@ -117,41 +169,78 @@ fn reader_rejects_bad_files_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     // Missing file.
     let missing = dir.path().join("nope.parquet");
-    let e = VectorReader::open(&Input::Path(missing), VectorKind::Embedding, 16).err().unwrap();
+    let e = VectorReader::open(&Input::Path(missing), VectorKind::Embedding, 16)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("nope.parquet"), "{e}");
     // Not parquet.
     let junk = dir.path().join("junk.parquet");
     std::fs::write(&junk, b"hello world").unwrap();
-    let e = VectorReader::open(&Input::Path(junk), VectorKind::Embedding, 16).err().unwrap();
-    assert!(e.to_string().contains("junk.parquet") && e.to_string().contains("not a Parquet"), "{e}");
+    let e = VectorReader::open(&Input::Path(junk), VectorKind::Embedding, 16)
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("junk.parquet") && e.to_string().contains("not a Parquet"),
+        "{e}"
+    );
     // Truncated parquet.
     let good = dir.path().join("good.parquet");
-    let mut w = VectorWriter::create(&Output::Path(good.clone()), VectorKind::Embedding, 4, &provenance()).unwrap();
+    let mut w = VectorWriter::create(
+        &Output::Path(good.clone()),
+        VectorKind::Embedding,
+        4,
+        &provenance(),
+    )
+    .unwrap();
     w.write(&sample(4, 5, 3)).unwrap();
     w.finish().unwrap();
     let bytes = std::fs::read(&good).unwrap();
     let cut = dir.path().join("cut.parquet");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let e = VectorReader::open(&Input::Path(cut), VectorKind::Embedding, 16).err().unwrap();
+    let e = VectorReader::open(&Input::Path(cut), VectorKind::Embedding, 16)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("cut.parquet"), "{e}");
     // Wrong schema: a table that is not a vector artifact.
     let table = dir.path().join("table.parquet");
-    write_table(&Output::Path(table.clone()), &Table::new().with("x", Column::F64(vec![1.0])), &Provenance::new()).unwrap();
-    let e = VectorReader::open(&Input::Path(table), VectorKind::Embedding, 16).err().unwrap();
+    write_table(
+        &Output::Path(table.clone()),
+        &Table::new().with("x", Column::F64(vec![1.0])),
+        &Provenance::new(),
+    )
+    .unwrap();
+    let e = VectorReader::open(&Input::Path(table), VectorKind::Embedding, 16)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("wrong schema"), "{e}");
     // NaN values.
     let nan = dir.path().join("nan.parquet");
     let mut b = VectorBatchBuilder::new(2, 2);
     b.push(0, 0, 0, 0.0, &[0.0, 1.0]);
     b.push(0, 0, 1, 0.1, &[f32::NAN, 1.0]);
-    let mut w = VectorWriter::create(&Output::Path(nan.clone()), VectorKind::Embedding, 2, &provenance()).unwrap();
+    let mut w = VectorWriter::create(
+        &Output::Path(nan.clone()),
+        VectorKind::Embedding,
+        2,
+        &provenance(),
+    )
+    .unwrap();
     w.write(&b.finish()).unwrap();
     w.finish().unwrap();
     let mut r = VectorReader::open(&Input::Path(nan), VectorKind::Embedding, 16).unwrap();
     let e = r.next_batch().err().unwrap();
-    assert!(e.to_string().contains("non-finite") && e.to_string().contains("step 1"), "{e}");
+    assert!(
+        e.to_string().contains("non-finite") && e.to_string().contains("step 1"),
+        "{e}"
+    );
     // Width mismatch on write.
-    let mut w = VectorWriter::create(&Output::Path(dir.path().join("w.parquet")), VectorKind::Embedding, 3, &provenance()).unwrap();
+    let mut w = VectorWriter::create(
+        &Output::Path(dir.path().join("w.parquet")),
+        VectorKind::Embedding,
+        3,
+        &provenance(),
+    )
+    .unwrap();
     assert!(w.write(&sample(4, 1, 1)).is_err());
 }
 
@@ -159,17 +248,27 @@ fn reader_rejects_bad_files_naming_them() {
 fn pixels_need_matching_shape_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("alt.parquet");
-    let p = provenance().with(keys::CHANNELS, 1).with(keys::HEIGHT, 2).with(keys::WIDTH, 2);
-    let mut w = VectorWriter::create(&Output::Path(path.clone()), VectorKind::Pixels, 4, &p).unwrap();
+    let p = provenance()
+        .with(keys::CHANNELS, 1)
+        .with(keys::HEIGHT, 2)
+        .with(keys::WIDTH, 2);
+    let mut w =
+        VectorWriter::create(&Output::Path(path.clone()), VectorKind::Pixels, 4, &p).unwrap();
     w.write(&sample(4, 1, 1)).unwrap();
     w.finish().unwrap();
     assert!(VectorReader::open(&Input::Path(path.clone()), VectorKind::Pixels, 16).is_ok());
     let bad = dir.path().join("bad.parquet");
-    let p = provenance().with(keys::CHANNELS, 1).with(keys::HEIGHT, 3).with(keys::WIDTH, 2);
-    let mut w = VectorWriter::create(&Output::Path(bad.clone()), VectorKind::Pixels, 4, &p).unwrap();
+    let p = provenance()
+        .with(keys::CHANNELS, 1)
+        .with(keys::HEIGHT, 3)
+        .with(keys::WIDTH, 2);
+    let mut w =
+        VectorWriter::create(&Output::Path(bad.clone()), VectorKind::Pixels, 4, &p).unwrap();
     w.write(&sample(4, 1, 1)).unwrap();
     w.finish().unwrap();
-    let e = VectorReader::open(&Input::Path(bad), VectorKind::Pixels, 16).err().unwrap();
+    let e = VectorReader::open(&Input::Path(bad), VectorKind::Pixels, 16)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("metadata"), "{e}");
 }
 
@@ -182,7 +281,12 @@ fn tables_round_trip_and_stack() {
         .with("n_images", Column::I64(vec![10, 20]));
     let p1 = dir.path().join("t1.parquet");
     let p2 = dir.path().join("t2.parquet");
-    write_table(&Output::Path(p1.clone()), &t, &Provenance::new().with(keys::TOOL, "x")).unwrap();
+    write_table(
+        &Output::Path(p1.clone()),
+        &t,
+        &Provenance::new().with(keys::TOOL, "x"),
+    )
+    .unwrap();
     write_table(&Output::Path(p2.clone()), &t, &Provenance::new()).unwrap();
     let (back, prov) = read_table(&Input::Path(p1.clone())).unwrap();
     assert_eq!(prov.get(keys::TOOL), Some("x"));

@@ -1,1 +1,250 @@
-//! Small dense linear algebra shared by metrics and probes: blocked parallel matrix products and symmetric eigenvalues.
+//! Small dense linear algebra shared by the metric and probe crates (which must not compile candle):
+//! blocked, multi-core matrix products on top of `matrixmultiply`, and symmetric eigenvalues via
+//! `nalgebra`.
+
+use rayon::prelude::*;
+
+/// `c (m x n) = alpha * a (m x k) * b^T (n x k) + beta * c`, all row-major f32; rows of `a` split
+/// across cores in blocks.
+pub fn matmul_a_bt(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    assert_eq!(a.len(), m * k);
+    assert_eq!(b.len(), n * k);
+    assert_eq!(c.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let block = m
+        .div_ceil(rayon::current_num_threads().max(1) * 4)
+        .clamp(1, 256);
+    c.par_chunks_mut(block * n)
+        .zip(a.par_chunks(block * k))
+        .for_each(|(c_blk, a_blk)| {
+            let rows = a_blk.len() / k.max(1);
+            // SAFETY: pointers and strides describe in-bounds row-major matrices of the stated sizes.
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows,
+                    k,
+                    n,
+                    alpha,
+                    a_blk.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr(),
+                    1,
+                    k as isize,
+                    beta,
+                    c_blk.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+        });
+}
+
+/// `c (m x n) = alpha * a (m x k) * b (k x n) + beta * c`, row-major f32, parallel over row blocks of `a`.
+pub fn matmul(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    assert_eq!(a.len(), m * k);
+    assert_eq!(b.len(), k * n);
+    assert_eq!(c.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let block = m
+        .div_ceil(rayon::current_num_threads().max(1) * 4)
+        .clamp(1, 256);
+    c.par_chunks_mut(block * n)
+        .zip(a.par_chunks(block * k))
+        .for_each(|(c_blk, a_blk)| {
+            let rows = a_blk.len() / k.max(1);
+            // SAFETY: as above.
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows,
+                    k,
+                    n,
+                    alpha,
+                    a_blk.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr(),
+                    n as isize,
+                    1,
+                    beta,
+                    c_blk.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+        });
+}
+
+/// `c (m x n) = alpha * a^T * b + beta * c` where `a` is (k x m) and `b` is (k x n), row-major f32;
+/// the `k` rows are split across cores and the partial products summed.
+pub fn matmul_at_b(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    assert_eq!(a.len(), k * m);
+    assert_eq!(b.len(), k * n);
+    assert_eq!(c.len(), m * n);
+    let parts = rayon::current_num_threads().max(1).min(k.max(1));
+    let chunk = k.div_ceil(parts).max(1);
+    let partials: Vec<Vec<f32>> = (0..k.div_ceil(chunk))
+        .into_par_iter()
+        .map(|p| {
+            let r0 = p * chunk;
+            let r1 = (r0 + chunk).min(k);
+            let mut out = vec![0.0f32; m * n];
+            // SAFETY: a^T is read with strides (1, m) over rows r0..r1 of a.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    r1 - r0,
+                    n,
+                    1.0,
+                    a[r0 * m..].as_ptr(),
+                    1,
+                    m as isize,
+                    b[r0 * n..].as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    out.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+            out
+        })
+        .collect();
+    for (i, x) in c.iter_mut().enumerate() {
+        let s: f32 = partials.iter().map(|p| p[i]).sum();
+        *x = alpha * s + beta * *x;
+    }
+}
+
+/// Adds `x^T x` for `rows` rows of `x` (row-major, `dim` columns) into the `dim x dim` f64 matrix `gram`.
+pub fn add_gram_f64(gram: &mut [f64], x: &[f64], rows: usize, dim: usize) {
+    assert_eq!(gram.len(), dim * dim);
+    assert_eq!(x.len(), rows * dim);
+    // SAFETY: x^T is read with strides (1, dim); sizes checked above.
+    unsafe {
+        matrixmultiply::dgemm(
+            dim,
+            rows,
+            dim,
+            1.0,
+            x.as_ptr(),
+            1,
+            dim as isize,
+            x.as_ptr(),
+            dim as isize,
+            1,
+            1.0,
+            gram.as_mut_ptr(),
+            dim as isize,
+            1,
+        );
+    }
+}
+
+/// Eigenvalues of the symmetric `n x n` matrix `m` (row-major f64), sorted descending.
+pub fn symmetric_eigenvalues(m: &[f64], n: usize) -> Vec<f64> {
+    assert_eq!(m.len(), n * n);
+    if n == 0 {
+        return Vec::new();
+    }
+    let mat = nalgebra::DMatrix::from_row_slice(n, n, m);
+    let eig = nalgebra::SymmetricEigen::new(mat);
+    let mut v: Vec<f64> = eig.eigenvalues.iter().copied().collect();
+    v.sort_by(|a, b| b.total_cmp(a));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|t| a[i * k + t] * b[t * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    fn transpose(x: &[f32], r: usize, c: usize) -> Vec<f32> {
+        let mut t = vec![0.0; r * c];
+        for i in 0..r {
+            for j in 0..c {
+                t[j * r + i] = x[i * c + j];
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn products_match_naive() {
+        let (m, n, k) = (37, 11, 19);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let want = naive(&a, &b, m, n, k);
+        let mut c = vec![0.0; m * n];
+        matmul(&a, &b, &mut c, m, n, k, 1.0, 0.0);
+        assert!(c.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-4));
+        let bt = transpose(&b, k, n);
+        let mut c2 = vec![0.0; m * n];
+        matmul_a_bt(&a, &bt, &mut c2, m, n, k, 1.0, 0.0);
+        assert!(c2.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-4));
+        let at = transpose(&a, m, k);
+        let mut c3 = vec![1.0; m * n];
+        matmul_at_b(&at, &b, &mut c3, m, n, k, 2.0, 1.0);
+        assert!(
+            c3.iter()
+                .zip(&want)
+                .all(|(x, y)| (x - (2.0 * y + 1.0)).abs() < 1e-3)
+        );
+    }
+
+    #[test]
+    fn eigenvalues_of_a_known_matrix() {
+        let m = [2.0, 1.0, 1.0, 2.0];
+        let e = symmetric_eigenvalues(&m, 2);
+        assert!((e[0] - 3.0).abs() < 1e-12 && (e[1] - 1.0).abs() < 1e-12);
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let mut g = vec![0.0; 4];
+        add_gram_f64(&mut g, &x, 2, 2);
+        assert_eq!(g, vec![10.0, 14.0, 14.0, 20.0]);
+    }
+}

@@ -1,1 +1,18 @@
-//! Manifold statistics: D, D_RC, P_RC, RMQM in both conventions, RankMe and alpha-ReQ, streaming.
+//! Manifold statistics from trajectories: for every image, the distances of its L2-normalised
+//! embeddings to the clean one (d0_j) and to the previous step (dp_j), turned into D, D_RC, P_RC and
+//! RMQM in two conventions (the paper's printed equations and the authors' public code), plus
+//! per-step curves and the label-free peer metrics RankMe and alpha-ReQ. Everything streams image by
+//! image: memory does not grow with the number of images.
+
+mod spectrum;
+mod stream;
+mod summary;
+mod terms;
+
+pub use spectrum::{AlphaReq, SpectrumAccumulator, alpha_req, rankme};
+pub use stream::{ImageTrajectory, TrajectoryError, TrajectoryGrouper};
+pub use summary::{
+    CURVE_NAMES, Convention, ConventionSummary, CurveAccumulator, CurvePoint, StatsAccumulator,
+    Weights,
+};
+pub use terms::{ImageTerms, PaperTerms, ReferenceTerms, image_terms};
