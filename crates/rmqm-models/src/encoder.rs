@@ -1,0 +1,337 @@
+//! The encoders: LeNet-5 (two variants) and CIFAR ResNet-18, each with an MLP to the embedding,
+//! per-dataset input normalisation inside the model, and an optional classifier head.
+
+use crate::config::{Arch, ModelConfig};
+use crate::layers::{BatchNorm2d, Conv2d, Dense, global_average_pool};
+use crate::ops;
+use crate::params::ParamStore;
+use candle_core::{DType, Device, Result, Tensor, Var};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// LeNet-5 body (both variants): two conv/pool stages and an MLP.
+#[derive(Debug, Clone)]
+struct LeNet {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    mlp: Vec<Dense>,
+}
+
+/// CIFAR ResNet-18 basic block.
+#[derive(Debug, Clone)]
+struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    conv2: Conv2d,
+    bn2: BatchNorm2d,
+    shortcut: Option<(Conv2d, BatchNorm2d)>,
+}
+
+impl BasicBlock {
+    fn new(
+        s: &mut ParamStore,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        let shortcut = if stride != 1 || c_in != c_out {
+            Some((
+                Conv2d::new(
+                    s,
+                    &format!("{name}.shortcut.conv"),
+                    c_in,
+                    c_out,
+                    1,
+                    stride,
+                    0,
+                    false,
+                )?,
+                BatchNorm2d::new(s, &format!("{name}.shortcut.bn"), c_out)?,
+            ))
+        } else {
+            None
+        };
+        Ok(BasicBlock {
+            conv1: Conv2d::new(
+                s,
+                &format!("{name}.conv1"),
+                c_in,
+                c_out,
+                3,
+                stride,
+                1,
+                false,
+            )?,
+            bn1: BatchNorm2d::new(s, &format!("{name}.bn1"), c_out)?,
+            conv2: Conv2d::new(s, &format!("{name}.conv2"), c_out, c_out, 3, 1, 1, false)?,
+            bn2: BatchNorm2d::new(s, &format!("{name}.bn2"), c_out)?,
+            shortcut,
+        })
+    }
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self
+            .bn1
+            .forward(&self.conv1.forward(x, false)?, train)?
+            .relu()?;
+        let y = self.bn2.forward(&self.conv2.forward(&y, false)?, train)?;
+        let s = match &self.shortcut {
+            Some((conv, bn)) => bn.forward(&conv.forward(x, false)?, train)?,
+            None => x.clone(),
+        };
+        (y + s)?.relu()
+    }
+}
+
+/// CIFAR ResNet-18 body: 3x3 stem (no max pool), four stages of two blocks, average pool, MLP.
+#[derive(Debug, Clone)]
+struct ResNet {
+    stem: Conv2d,
+    stem_bn: BatchNorm2d,
+    blocks: Vec<BasicBlock>,
+    mlp: Vec<Dense>,
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    LeNet(LeNet),
+    ResNet(ResNet),
+}
+
+/// An encoder: normalisation, body, embedding; plus the classifier head of label-using methods.
+pub struct Encoder {
+    config: ModelConfig,
+    mean: Tensor,
+    inv_std: Tensor,
+    body: Body,
+    head: Option<Dense>,
+    store: ParamStore,
+}
+
+fn mlp(s: &mut ParamStore, sizes: &[usize]) -> Result<Vec<Dense>> {
+    sizes
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| Dense::new(s, &format!("encoder.fc{}", i + 1), w[0], w[1]))
+        .collect()
+}
+
+/// Side of a LeNet feature map after conv(k, padding) and a 2x2 pool.
+fn lenet_side(side: usize, k: usize, padding: usize) -> usize {
+    (side + 2 * padding + 1 - k) / 2
+}
+
+impl Encoder {
+    /// Builds the encoder described by `config` with parameters from `store`.
+    pub fn new(config: ModelConfig, mut store: ParamStore) -> Result<Self> {
+        let c = config.channels;
+        if config.mean.len() != c || config.std.len() != c {
+            candle_core::bail!(
+                "normalisation has {} means and {} stds for {c} channels",
+                config.mean.len(),
+                config.std.len()
+            );
+        }
+        let s = &mut store;
+        let body = match config.arch {
+            Arch::Lenet5 | Arch::Lenet5Classic => {
+                let (pad, sizes): (usize, &[usize]) = if config.arch == Arch::Lenet5 {
+                    (0, &[512, 512, 512])
+                } else {
+                    (2, &[120, 84])
+                };
+                let (h, w) = (
+                    lenet_side(lenet_side(config.height, 5, pad), 5, 0),
+                    lenet_side(lenet_side(config.width, 5, pad), 5, 0),
+                );
+                if h == 0 || w == 0 {
+                    candle_core::bail!(
+                        "{}x{} images are too small for {}",
+                        config.height,
+                        config.width,
+                        config.arch
+                    );
+                }
+                let mut dims = vec![16 * h * w];
+                dims.extend_from_slice(sizes);
+                dims.push(config.dim);
+                Body::LeNet(LeNet {
+                    conv1: Conv2d::new(s, "encoder.conv1", c, 6, 5, 1, pad, true)?,
+                    conv2: Conv2d::new(s, "encoder.conv2", 6, 16, 5, 1, 0, true)?,
+                    mlp: mlp(s, &dims)?,
+                })
+            }
+            Arch::Resnet18 => {
+                let stem = Conv2d::new(s, "encoder.stem.conv", c, 64, 3, 1, 1, false)?;
+                let stem_bn = BatchNorm2d::new(s, "encoder.stem.bn", 64)?;
+                let mut blocks = Vec::new();
+                let mut c_in = 64;
+                for (stage, &c_out) in [64usize, 128, 256, 512].iter().enumerate() {
+                    for b in 0..2 {
+                        let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+                        blocks.push(BasicBlock::new(
+                            s,
+                            &format!("encoder.layer{}.{b}", stage + 1),
+                            c_in,
+                            c_out,
+                            stride,
+                        )?);
+                        c_in = c_out;
+                    }
+                }
+                Body::ResNet(ResNet {
+                    stem,
+                    stem_bn,
+                    blocks,
+                    mlp: mlp(s, &[512, 1024, 1024, config.dim])?,
+                })
+            }
+        };
+        let head = if config.method.has_head() {
+            Some(Dense::new(s, "head", config.dim, config.classes)?)
+        } else {
+            None
+        };
+        let shape = (1, c, 1, 1);
+        let mean = Tensor::from_vec(config.mean.clone(), shape, store.device())?
+            .to_dtype(store.dtype())?;
+        let inv: Vec<f32> = config.std.iter().map(|s| 1.0 / s).collect();
+        let inv_std = Tensor::from_vec(inv, shape, store.device())?.to_dtype(store.dtype())?;
+        Ok(Encoder {
+            config,
+            mean,
+            inv_std,
+            body,
+            head,
+            store,
+        })
+    }
+
+    /// A freshly initialised encoder (seeded by `config.seed`).
+    pub fn init(
+        config: ModelConfig,
+        dtype: DType,
+        device: &Device,
+        trainable: bool,
+    ) -> Result<Self> {
+        let seed = config.seed;
+        Self::new(config, ParamStore::init(seed, dtype, device, trainable))
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Mutable access to the config (to record training facts before saving).
+    pub fn config_mut(&mut self) -> &mut ModelConfig {
+        &mut self.config
+    }
+
+    /// Embeddings (n, dim) of pixels in [0,1] shaped (n, c, h, w); `train` selects batch-norm mode.
+    pub fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = x.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
+        let features = match &self.body {
+            Body::LeNet(l) => {
+                let y = ops::max_pool2x2(&l.conv1.forward(&x, true)?)?;
+                let y = ops::max_pool2x2(&l.conv2.forward(&y, true)?)?;
+                y.flatten_from(1)?
+            }
+            Body::ResNet(r) => {
+                let mut y = r
+                    .stem_bn
+                    .forward(&r.stem.forward(&x, false)?, train)?
+                    .relu()?;
+                for b in &r.blocks {
+                    y = b.forward(&y, train)?;
+                }
+                global_average_pool(&y)?
+            }
+        };
+        let mlp = match &self.body {
+            Body::LeNet(l) => &l.mlp,
+            Body::ResNet(r) => &r.mlp,
+        };
+        let mut y = features;
+        for (i, layer) in mlp.iter().enumerate() {
+            y = layer.forward(&y, i + 1 < mlp.len())?;
+        }
+        Ok(y)
+    }
+
+    /// Class logits from embeddings: Linear(ReLU(embedding)); `None` for methods without a head.
+    pub fn logits(&self, embedding: &Tensor) -> Result<Option<Tensor>> {
+        match &self.head {
+            Some(h) => Ok(Some(h.forward(&embedding.relu()?, false)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Trainable variables (empty for a frozen model).
+    pub fn vars(&self) -> &[Var] {
+        self.store.vars()
+    }
+
+    /// Every named tensor, as saved.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        self.store.named_tensors()
+    }
+
+    /// Saves the model as safetensors (f32) with the config in the metadata; atomic (temp + rename).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let tensors: Vec<(String, Tensor)> = self
+            .named_tensors()
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?)))
+            .collect::<Result<_>>()
+            .map_err(std::io::Error::other)?;
+        let bytes = safetensors::tensor::serialize(
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            Some(self.config.to_metadata()),
+        )
+        .map_err(std::io::Error::other)?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(&dir)?;
+        std::io::Write::write_all(&mut tmp, &bytes)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        }
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Loads a model saved by [`Encoder::save`]; `trainable` makes its parameters `Var`s.
+    pub fn load(
+        path: &Path,
+        dtype: DType,
+        device: &Device,
+        trainable: bool,
+    ) -> std::result::Result<Self, String> {
+        let show = path.display();
+        let bytes = std::fs::read(path).map_err(|e| format!("{show}: {e}"))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| format!("{show}: not a safetensors file: {e}"))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let config = ModelConfig::from_metadata(&metadata)
+            .map_err(|e| format!("{show}: not an rmqm model: {e}"))?;
+        let tensors: HashMap<String, Tensor> =
+            candle_core::safetensors::load_buffer(&bytes, device)
+                .map_err(|e| format!("{show}: {e}"))?;
+        Encoder::new(config, ParamStore::load(tensors, dtype, device, trainable))
+            .map_err(|e| format!("{show}: {e}"))
+    }
+}

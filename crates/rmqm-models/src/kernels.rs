@@ -1,0 +1,592 @@
+//! Plain CPU kernels behind the custom ops: convolution as im2col + gemm (forward, input gradient,
+//! weight gradient), 2x2 max pooling with a first-maximum gradient, and dense layers. Generic over
+//! f32 (training, inference) and f64 (gradient checks). Work is split over images across cores;
+//! each gemm inside runs on one core.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Element types the kernels run on.
+pub trait Real:
+    candle_core::WithDType
+    + Default
+    + PartialOrd
+    + std::ops::AddAssign
+    + std::ops::Mul<Output = Self>
+    + Send
+    + Sync
+{
+}
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// `dst (m x n) = [dst +] op(a) (m x k) * op(b) (k x n)`, row-major; `a_t` means `a` is stored k x m,
+/// `b_t` means `b` is stored n x k.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_rm<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    accumulate: bool,
+    a: &[T],
+    a_t: bool,
+    b: &[T],
+    b_t: bool,
+    parallelism: Parallelism,
+) {
+    assert!(
+        dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
+        "gemm operand sizes"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].iter_mut().for_each(|v| *v = T::zero());
+        }
+        return;
+    }
+    let (a_rs, a_cs) = if a_t {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (b_rs, b_cs) = if b_t {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
+    // SAFETY: the strides describe in-bounds views of the slices checked above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Geometry of a 2-D convolution (NCHW input, OIHW weight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride (both axes).
+    pub stride: usize,
+    /// Zero padding (both axes).
+    pub padding: usize,
+}
+
+impl ConvGeometry {
+    /// Output height.
+    pub fn ho(&self) -> usize {
+        (self.h + 2 * self.padding - self.kh) / self.stride + 1
+    }
+    /// Output width.
+    pub fn wo(&self) -> usize {
+        (self.w + 2 * self.padding - self.kw) / self.stride + 1
+    }
+    /// Rows of the im2col matrix: c_in * kh * kw.
+    pub fn ckk(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+    fn in_size(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+    fn out_size(&self) -> usize {
+        self.c_out * self.ho() * self.wo()
+    }
+}
+
+/// Unfolds one image (c_in, h, w) into `cols` (c_in*kh*kw, ho*wo).
+pub fn im2col<T: Real>(g: &ConvGeometry, x: &[T], cols: &mut [T]) {
+    let (ho, wo) = (g.ho(), g.wo());
+    let hw = ho * wo;
+    let (s, p) = (g.stride as isize, g.padding as isize);
+    for ci in 0..g.c_in {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = &mut cols[((ci * g.kh + ki) * g.kw + kj) * hw..][..hw];
+                for oi in 0..ho {
+                    let ii = oi as isize * s + ki as isize - p;
+                    let out = &mut row[oi * wo..(oi + 1) * wo];
+                    if ii < 0 || ii >= g.h as isize {
+                        out.iter_mut().for_each(|v| *v = T::zero());
+                        continue;
+                    }
+                    let src = &plane[ii as usize * g.w..(ii as usize + 1) * g.w];
+                    for (oj, o) in out.iter_mut().enumerate() {
+                        let jj = oj as isize * s + kj as isize - p;
+                        *o = if jj < 0 || jj >= g.w as isize {
+                            T::zero()
+                        } else {
+                            src[jj as usize]
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds `cols` (c_in*kh*kw, ho*wo) back onto one image, adding into `x` (c_in, h, w).
+pub fn col2im_add<T: Real>(g: &ConvGeometry, cols: &[T], x: &mut [T]) {
+    let (ho, wo) = (g.ho(), g.wo());
+    let hw = ho * wo;
+    let (s, p) = (g.stride as isize, g.padding as isize);
+    for ci in 0..g.c_in {
+        let plane = &mut x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = &cols[((ci * g.kh + ki) * g.kw + kj) * hw..][..hw];
+                for oi in 0..ho {
+                    let ii = oi as isize * s + ki as isize - p;
+                    if ii < 0 || ii >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[ii as usize * g.w..(ii as usize + 1) * g.w];
+                    for (oj, &v) in row[oi * wo..(oi + 1) * wo].iter().enumerate() {
+                        let jj = oj as isize * s + kj as isize - p;
+                        if jj >= 0 && jj < g.w as isize {
+                            dst[jj as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Convolution forward: `y (n, c_out, ho, wo) = conv(x, weight) [+ bias]`, then ReLU if `relu`.
+pub fn conv2d_forward<T: Real>(
+    g: &ConvGeometry,
+    x: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+    relu: bool,
+) -> Vec<T> {
+    let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
+    let mut y = vec![T::zero(); g.n * g.out_size()];
+    let direct = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.padding == 0;
+    y.par_chunks_mut(g.out_size())
+        .zip(x.par_chunks(g.in_size()))
+        .for_each_init(
+            || {
+                if direct {
+                    Vec::new()
+                } else {
+                    vec![T::zero(); ckk * hw]
+                }
+            },
+            |cols, (yb, xb)| {
+                let src: &[T] = if direct {
+                    xb
+                } else {
+                    im2col(g, xb, cols);
+                    cols
+                };
+                gemm_rm(
+                    g.c_out,
+                    hw,
+                    ckk,
+                    yb,
+                    false,
+                    weight,
+                    false,
+                    src,
+                    false,
+                    Parallelism::None,
+                );
+                epilogue(yb, hw, bias, relu);
+            },
+        );
+    y
+}
+
+/// Adds the per-channel bias and applies ReLU, in place on (channels, hw).
+fn epilogue<T: Real>(y: &mut [T], hw: usize, bias: Option<&[T]>, relu: bool) {
+    if bias.is_none() && !relu {
+        return;
+    }
+    for (c, plane) in y.chunks_exact_mut(hw).enumerate() {
+        let b = bias.map_or(T::zero(), |b| b[c]);
+        for v in plane.iter_mut() {
+            let z = *v + b;
+            *v = if relu && !(z > T::zero()) {
+                T::zero()
+            } else {
+                z
+            };
+        }
+    }
+}
+
+/// Gradient of the convolution with respect to its input: `dx (n, c_in, h, w)` from `dy`.
+pub fn conv2d_input_grad<T: Real>(g: &ConvGeometry, dy: &[T], weight: &[T]) -> Vec<T> {
+    let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
+    let mut dx = vec![T::zero(); g.n * g.in_size()];
+    let direct = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.padding == 0;
+    dx.par_chunks_mut(g.in_size())
+        .zip(dy.par_chunks(g.out_size()))
+        .for_each_init(
+            || {
+                if direct {
+                    Vec::new()
+                } else {
+                    vec![T::zero(); ckk * hw]
+                }
+            },
+            |cols, (dxb, dyb)| {
+                if direct {
+                    gemm_rm(
+                        ckk,
+                        hw,
+                        g.c_out,
+                        dxb,
+                        false,
+                        weight,
+                        true,
+                        dyb,
+                        false,
+                        Parallelism::None,
+                    );
+                } else {
+                    gemm_rm(
+                        ckk,
+                        hw,
+                        g.c_out,
+                        cols,
+                        false,
+                        weight,
+                        true,
+                        dyb,
+                        false,
+                        Parallelism::None,
+                    );
+                    col2im_add(g, cols, dxb);
+                }
+            },
+        );
+    dx
+}
+
+/// Gradient of the convolution with respect to its weight (c_out, c_in, kh, kw) and bias (c_out).
+pub fn conv2d_weight_grad<T: Real>(
+    g: &ConvGeometry,
+    x: &[T],
+    dy: &[T],
+    want_bias: bool,
+) -> (Vec<T>, Option<Vec<T>>) {
+    let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
+    let parts = rayon::current_num_threads().clamp(1, g.n.max(1));
+    let per = g.n.div_ceil(parts);
+    let direct = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.padding == 0;
+    let partials: Vec<(Vec<T>, Vec<T>)> = (0..g.n.div_ceil(per.max(1)))
+        .into_par_iter()
+        .map(|p| {
+            let mut dw = vec![T::zero(); g.c_out * ckk];
+            let mut db = vec![T::zero(); if want_bias { g.c_out } else { 0 }];
+            let mut cols = if direct {
+                Vec::new()
+            } else {
+                vec![T::zero(); ckk * hw]
+            };
+            for b in p * per..((p + 1) * per).min(g.n) {
+                let xb = &x[b * g.in_size()..(b + 1) * g.in_size()];
+                let dyb = &dy[b * g.out_size()..(b + 1) * g.out_size()];
+                let src: &[T] = if direct {
+                    xb
+                } else {
+                    im2col(g, xb, &mut cols);
+                    &cols
+                };
+                gemm_rm(
+                    g.c_out,
+                    ckk,
+                    hw,
+                    &mut dw,
+                    true,
+                    dyb,
+                    false,
+                    src,
+                    true,
+                    Parallelism::None,
+                );
+                if want_bias {
+                    for (c, plane) in dyb.chunks_exact(hw).enumerate() {
+                        let mut s = T::zero();
+                        for &v in plane {
+                            s += v;
+                        }
+                        db[c] += s;
+                    }
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut iter = partials.into_iter();
+    let (mut dw, mut db) = iter
+        .next()
+        .unwrap_or_else(|| (vec![T::zero(); g.c_out * ckk], vec![T::zero(); g.c_out]));
+    for (w2, b2) in iter {
+        dw.iter_mut().zip(w2).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
+    }
+    (dw, if want_bias { Some(db) } else { None })
+}
+
+/// 2x2 max pooling with stride 2 (floor) on (planes, h, w); returns (planes, h/2, w/2).
+pub fn max_pool2x2_forward<T: Real>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
+    let (ho, wo) = (h / 2, w / 2);
+    let mut y = vec![T::zero(); planes * ho * wo];
+    y.par_chunks_mut(ho * wo)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(yp, xp)| {
+            for i in 0..ho {
+                let r0 = &xp[2 * i * w..];
+                let r1 = &xp[(2 * i + 1) * w..];
+                for j in 0..wo {
+                    let mut m = r0[2 * j];
+                    for v in [r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]] {
+                        if v > m {
+                            m = v;
+                        }
+                    }
+                    yp[i * wo + j] = m;
+                }
+            }
+        });
+    y
+}
+
+/// Gradient of 2x2 max pooling: each output's gradient goes to the first maximum of its window
+/// (row-major order), as PyTorch's CPU kernel does.
+pub fn max_pool2x2_backward<T: Real>(
+    x: &[T],
+    dy: &[T],
+    planes: usize,
+    h: usize,
+    w: usize,
+) -> Vec<T> {
+    let (ho, wo) = (h / 2, w / 2);
+    let mut dx = vec![T::zero(); planes * h * w];
+    dx.par_chunks_mut(h * w)
+        .zip(x.par_chunks(h * w))
+        .zip(dy.par_chunks(ho * wo))
+        .for_each(|((dxp, xp), dyp)| {
+            for i in 0..ho {
+                for j in 0..wo {
+                    let idx = [
+                        2 * i * w + 2 * j,
+                        2 * i * w + 2 * j + 1,
+                        (2 * i + 1) * w + 2 * j,
+                        (2 * i + 1) * w + 2 * j + 1,
+                    ];
+                    let mut best = idx[0];
+                    for &k in &idx[1..] {
+                        if xp[k] > xp[best] {
+                            best = k;
+                        }
+                    }
+                    dxp[best] += dyp[i * wo + j];
+                }
+            }
+        });
+    dx
+}
+
+/// Dense layer forward: `y (n, out) = x (n, in) * w^T + b`, ReLU if `relu`.
+pub fn linear_forward<T: Real>(
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    n: usize,
+    d_in: usize,
+    d_out: usize,
+    relu: bool,
+) -> Vec<T> {
+    let mut y = vec![T::zero(); n * d_out];
+    gemm_rm(
+        n,
+        d_out,
+        d_in,
+        &mut y,
+        false,
+        x,
+        false,
+        w,
+        true,
+        parallelism(n * d_in * d_out),
+    );
+    if b.is_some() || relu {
+        y.par_chunks_mut(d_out).for_each(|row| {
+            for (k, v) in row.iter_mut().enumerate() {
+                let z = *v + b.map_or(T::zero(), |b| b[k]);
+                *v = if relu && !(z > T::zero()) {
+                    T::zero()
+                } else {
+                    z
+                };
+            }
+        });
+    }
+    y
+}
+
+/// Dense layer gradients: (dx = dy w, dw = dy^T x, db = column sums of dy), each only if asked.
+#[allow(clippy::type_complexity)]
+pub fn linear_backward<T: Real>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    n: usize,
+    d_in: usize,
+    d_out: usize,
+    want: (bool, bool, bool),
+) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
+    let par = parallelism(n * d_in * d_out);
+    let dx = want.0.then(|| {
+        let mut dx = vec![T::zero(); n * d_in];
+        gemm_rm(n, d_in, d_out, &mut dx, false, dy, false, w, false, par);
+        dx
+    });
+    let dw = want.1.then(|| {
+        let mut dw = vec![T::zero(); d_out * d_in];
+        gemm_rm(d_out, d_in, n, &mut dw, false, dy, true, x, false, par);
+        dw
+    });
+    let db = want.2.then(|| {
+        let mut db = vec![T::zero(); d_out];
+        for row in dy.chunks_exact(d_out) {
+            for (a, &b) in db.iter_mut().zip(row) {
+                *a += b;
+            }
+        }
+        db
+    });
+    (dx, dw, db)
+}
+
+/// Multi-threaded gemm only when the product is large enough to pay for it.
+fn parallelism(flops: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if flops >= 1 << 18 && threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// Multiplies `dy` by the ReLU mask of the forward result `y` (1 where y > 0).
+pub fn relu_mask<T: Real>(dy: &[T], y: &[T]) -> Vec<T> {
+    dy.iter()
+        .zip(y)
+        .map(|(&g, &v)| if v > T::zero() { g } else { T::zero() })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct convolution by definition.
+    fn naive(g: &ConvGeometry, x: &[f64], w: &[f64]) -> Vec<f64> {
+        let (ho, wo) = (g.ho(), g.wo());
+        let mut y = vec![0.0; g.n * g.c_out * ho * wo];
+        for b in 0..g.n {
+            for o in 0..g.c_out {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let mut s = 0.0;
+                        for c in 0..g.c_in {
+                            for ki in 0..g.kh {
+                                for kj in 0..g.kw {
+                                    let ii = (i * g.stride + ki) as isize - g.padding as isize;
+                                    let jj = (j * g.stride + kj) as isize - g.padding as isize;
+                                    if ii >= 0
+                                        && jj >= 0
+                                        && (ii as usize) < g.h
+                                        && (jj as usize) < g.w
+                                    {
+                                        s += x[((b * g.c_in + c) * g.h + ii as usize) * g.w
+                                            + jj as usize]
+                                            * w[((o * g.c_in + c) * g.kh + ki) * g.kw + kj];
+                                    }
+                                }
+                            }
+                        }
+                        y[((b * g.c_out + o) * ho + i) * wo + j] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn conv_forward_matches_definition_on_odd_shapes() {
+        for &(stride, padding, kh, kw) in &[
+            (1, 0, 5, 5),
+            (2, 1, 3, 3),
+            (1, 2, 3, 2),
+            (2, 0, 1, 1),
+            (1, 0, 1, 1),
+        ] {
+            let g = ConvGeometry {
+                n: 3,
+                c_in: 2,
+                h: 9,
+                w: 7,
+                c_out: 3,
+                kh,
+                kw,
+                stride,
+                padding,
+            };
+            let x: Vec<f64> = (0..g.n * g.in_size())
+                .map(|i| ((i * 37 % 17) as f64 - 8.0) / 7.0)
+                .collect();
+            let w: Vec<f64> = (0..g.c_out * g.ckk())
+                .map(|i| ((i * 11 % 13) as f64 - 6.0) / 5.0)
+                .collect();
+            let y = conv2d_forward(&g, &x, &w, None, false);
+            let want = naive(&g, &x, &w);
+            assert!(
+                y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12),
+                "{g:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Layers as plain structs with `new` and `forward`, on the fast custom ops.
+
+use crate::ops;
+use crate::params::{Buffer, Init, ParamStore};
+use candle_core::{D, Result, Tensor};
+
+/// A 2-D convolution with optional bias.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    /// A `c_in -> c_out` convolution with a `k x k` kernel, PyTorch's default initialisation.
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let bound = 1.0 / ((c_in * k * k) as f64).sqrt();
+        let weight = store.param(
+            &format!("{name}.weight"),
+            (c_out, c_in, k, k),
+            Init::Uniform(bound),
+        )?;
+        let bias = if bias {
+            Some(store.param(&format!("{name}.bias"), c_out, Init::Uniform(bound))?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+    /// Applies the convolution, then ReLU if `relu`.
+    pub fn forward(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        ops::conv2d(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            self.stride,
+            self.padding,
+            relu,
+        )
+    }
+}
+
+/// A dense layer `x w^T + b`.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    /// A `d_in -> d_out` layer, PyTorch's default initialisation.
+    pub fn new(store: &mut ParamStore, name: &str, d_in: usize, d_out: usize) -> Result<Self> {
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let weight = store.param(
+            &format!("{name}.weight"),
+            (d_out, d_in),
+            Init::Uniform(bound),
+        )?;
+        let bias = store.param(&format!("{name}.bias"), d_out, Init::Uniform(bound))?;
+        Ok(Dense { weight, bias })
+    }
+    /// Applies the layer, then ReLU if `relu`.
+    pub fn forward(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        ops::linear(x, &self.weight, Some(&self.bias), relu)
+    }
+}
+
+/// Batch normalisation over the channels of NCHW tensors (PyTorch semantics: biased variance to
+/// normalise in training, unbiased variance in the running estimate, momentum 0.1, eps 1e-5).
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    gamma: Tensor,
+    beta: Tensor,
+    running_mean: Buffer,
+    running_var: Buffer,
+    momentum: f64,
+    eps: f64,
+}
+
+impl BatchNorm2d {
+    /// Batch norm for `c` channels.
+    pub fn new(store: &mut ParamStore, name: &str, c: usize) -> Result<Self> {
+        Ok(BatchNorm2d {
+            gamma: store.param(&format!("{name}.weight"), c, Init::Const(1.0))?,
+            beta: store.param(&format!("{name}.bias"), c, Init::Const(0.0))?,
+            running_mean: store.buffer(&format!("{name}.running_mean"), c, 0.0)?,
+            running_var: store.buffer(&format!("{name}.running_var"), c, 1.0)?,
+            momentum: 0.1,
+            eps: 1e-5,
+        })
+    }
+
+    /// Normalises with batch statistics (and updates the running ones) when `train`, else with the running ones.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let shape = (1, c, 1, 1);
+        let (mean, var) = if train {
+            let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred
+                .sqr()?
+                .mean_keepdim(0)?
+                .mean_keepdim(2)?
+                .mean_keepdim(3)?;
+            let count = (n * h * w) as f64;
+            let unbiased = (var.detach() * (count / (count - 1.0).max(1.0)))?.reshape(c)?;
+            let m = self.momentum;
+            {
+                let mut rm = self.running_mean.lock().unwrap();
+                *rm = ((&*rm * (1.0 - m))? + (mean.detach().reshape(c)? * m)?)?;
+                let mut rv = self.running_var.lock().unwrap();
+                *rv = ((&*rv * (1.0 - m))? + (unbiased * m)?)?;
+            }
+            (mean, var)
+        } else {
+            (
+                self.running_mean.lock().unwrap().reshape(shape)?,
+                self.running_var.lock().unwrap().reshape(shape)?,
+            )
+        };
+        let xhat = x
+            .broadcast_sub(&mean)?
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        xhat.broadcast_mul(&self.gamma.reshape(shape)?)?
+            .broadcast_add(&self.beta.reshape(shape)?)
+    }
+}
+
+/// Mean over the spatial axes: (n, c, h, w) -> (n, c).
+pub fn global_average_pool(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(2)?.mean(D::Minus1)
+}

@@ -1,0 +1,291 @@
+//! Every custom op against the plain candle op (forward) and finite differences (backward), on odd
+//! shapes too; and every model's parameter and input gradients against finite differences in f64.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rmqm_models::testing::check_gradients;
+use rmqm_models::*;
+
+fn rand_tensor(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+#[test]
+fn conv_forward_matches_candle_on_odd_shapes() {
+    for (i, &(n, c_in, h, w, c_out, k, stride, pad)) in [
+        (2, 1, 28, 28, 6, 5, 1, 0),
+        (3, 3, 9, 7, 5, 3, 2, 1),
+        (1, 4, 6, 6, 2, 1, 2, 0),
+        (2, 2, 5, 8, 3, 3, 1, 2),
+        (4, 6, 12, 12, 16, 5, 1, 0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = rand_tensor(&[n, c_in, h, w], i as u64, DType::F32);
+        let wt = rand_tensor(&[c_out, c_in, k, k], 100 + i as u64, DType::F32);
+        let b = rand_tensor(&[c_out], 200 + i as u64, DType::F32);
+        let ours = ops::conv2d(&x, &wt, Some(&b), stride, pad, false).unwrap();
+        let theirs = x
+            .conv2d(&wt, pad, stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, c_out, 1, 1)).unwrap())
+            .unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        assert!(max_abs_diff(&ours, &theirs) < 1e-4, "case {i}");
+        let ours_relu = ops::conv2d(&x, &wt, Some(&b), stride, pad, true).unwrap();
+        assert!(max_abs_diff(&ours_relu, &theirs.relu().unwrap()) < 1e-4);
+    }
+}
+
+#[test]
+fn pool_and_linear_forward_match_candle() {
+    let x = rand_tensor(&[3, 5, 9, 6], 1, DType::F32);
+    let ours = ops::max_pool2x2(&x).unwrap();
+    let theirs = x.max_pool2d(2).unwrap();
+    assert_eq!(ours.dims(), &[3, 5, 4, 3]);
+    assert!(max_abs_diff(&ours, &theirs) == 0.0);
+    let x = rand_tensor(&[7, 13], 2, DType::F32);
+    let w = rand_tensor(&[5, 13], 3, DType::F32);
+    let b = rand_tensor(&[5], 4, DType::F32);
+    let ours = ops::linear(&x, &w, Some(&b), true).unwrap();
+    let theirs = x
+        .matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(&b)
+        .unwrap()
+        .relu()
+        .unwrap();
+    assert!(max_abs_diff(&ours, &theirs) < 1e-5);
+}
+
+/// Loss = sum(op(...) * r) for a fixed random r: its gradient is the op's backward applied to r.
+fn weighted_sum(y: &Tensor, seed: u64) -> Tensor {
+    let r = rand_tensor(y.dims(), seed, DType::F64);
+    (y * r).unwrap().sum_all().unwrap()
+}
+
+#[test]
+fn conv_backward_matches_finite_differences() {
+    for (i, &(n, c_in, h, w, c_out, k, stride, pad, relu)) in [
+        (2, 2, 7, 6, 3, 3, 1, 1, false),
+        (2, 3, 9, 7, 2, 3, 2, 0, true),
+        (1, 2, 5, 5, 4, 1, 2, 0, false),
+        (2, 1, 8, 8, 3, 5, 1, 2, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x =
+            Var::from_tensor(&rand_tensor(&[n, c_in, h, w], 10 + i as u64, DType::F64)).unwrap();
+        let wt = Var::from_tensor(&rand_tensor(
+            &[c_out, c_in, k, k],
+            20 + i as u64,
+            DType::F64,
+        ))
+        .unwrap();
+        let b = Var::from_tensor(&rand_tensor(&[c_out], 30 + i as u64, DType::F64)).unwrap();
+        let loss = || {
+            Ok(weighted_sum(
+                &ops::conv2d(
+                    x.as_tensor(),
+                    wt.as_tensor(),
+                    Some(b.as_tensor()),
+                    stride,
+                    pad,
+                    relu,
+                )?,
+                99,
+            ))
+        };
+        let r = check_gradients(
+            &[x.clone(), wt.clone(), b.clone()],
+            &loss,
+            40,
+            1e-6,
+            1e-8,
+            1,
+        )
+        .unwrap();
+        assert!(r.max_relative_error < 1e-6, "case {i}: {r:?}");
+    }
+}
+
+#[test]
+fn pool_backward_matches_finite_differences_not_scaled() {
+    // candle 0.11.1's max_pool2d backward scales the gradient by 1/(k*k); ours must not.
+    let x = Var::from_tensor(&rand_tensor(&[2, 3, 6, 5], 5, DType::F64)).unwrap();
+    let loss = || Ok(ops::max_pool2x2(x.as_tensor())?.sum_all()?);
+    let r = check_gradients(&[x.clone()], &loss, 1000, 1e-6, 1e-8, 2).unwrap();
+    assert!(r.max_relative_error < 1e-6, "{r:?}");
+    let g = loss().unwrap().backward().unwrap();
+    let total = g
+        .get(x.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert_eq!(
+        total,
+        (2 * 3 * 3 * 2) as f64,
+        "one unit of gradient per pooled output"
+    );
+}
+
+#[test]
+fn linear_backward_matches_finite_differences_and_skips_frozen_args() {
+    let x = Var::from_tensor(&rand_tensor(&[6, 5], 7, DType::F64)).unwrap();
+    let w = Var::from_tensor(&rand_tensor(&[4, 5], 8, DType::F64)).unwrap();
+    let b = Var::from_tensor(&rand_tensor(&[4], 9, DType::F64)).unwrap();
+    for relu in [false, true] {
+        let loss = || {
+            Ok(weighted_sum(
+                &ops::linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), relu)?,
+                3,
+            ))
+        };
+        let r = check_gradients(
+            &[x.clone(), w.clone(), b.clone()],
+            &loss,
+            100,
+            1e-6,
+            1e-8,
+            3,
+        )
+        .unwrap();
+        assert!(r.max_relative_error < 1e-6, "{r:?}");
+    }
+    // A frozen weight gets no gradient (PGD needs only the input gradient).
+    let frozen_w = rand_tensor(&[4, 5], 8, DType::F64);
+    let g = weighted_sum(
+        &ops::linear(x.as_tensor(), &frozen_w, None, false).unwrap(),
+        3,
+    )
+    .backward()
+    .unwrap();
+    assert!(g.get(&frozen_w).is_none());
+    assert!(g.get(x.as_tensor()).is_some());
+}
+
+fn config(arch: Arch, method: Method, channels: usize, side: usize, dim: usize) -> ModelConfig {
+    ModelConfig {
+        model_id: "test".into(),
+        arch,
+        method,
+        dim,
+        optimizer: OptimizerKind::Adam,
+        dataset: "test".into(),
+        epochs: 0,
+        seed: 3,
+        channels,
+        height: side,
+        width: side,
+        mean: vec![0.5; channels],
+        std: vec![0.25; channels],
+        classes: 4,
+        batch_size: 4,
+        accumulate: 1,
+        learning_rate: 1e-3,
+        temperature: 0.07,
+        margin: 0.5,
+    }
+}
+
+/// Checks parameter and input gradients of `sum(embedding * r) + sum(logits * r2)` for a model.
+fn check_model(cfg: ModelConfig, n: usize, samples: usize) {
+    let model = Encoder::init(cfg.clone(), DType::F64, &Device::Cpu, true).unwrap();
+    let x = Var::from_tensor(
+        &((rand_tensor(&[n, cfg.channels, cfg.height, cfg.width], 60, DType::F64) + 1.0).unwrap()
+            * 0.5)
+            .unwrap(),
+    )
+    .unwrap();
+    let loss = || {
+        let e = model.embed(x.as_tensor(), true)?;
+        let mut l = weighted_sum(&e, 51);
+        if let Some(logits) = model.logits(&e)? {
+            l = (l + weighted_sum(&logits, 52))?;
+        }
+        Ok(l)
+    };
+    let mut vars: Vec<Var> = model.vars().to_vec();
+    vars.push(x.clone());
+    // ReLU and max pooling make the loss piecewise smooth: a fixed input keeps every probe away
+    // from a kink (a kink within h of the point shows as a large error, not a small one).
+    let r = check_gradients(&vars, &loss, samples, 1e-6, 1e-5, 7).unwrap();
+    assert!(
+        r.max_relative_error < 1e-4,
+        "{:?} {:?}: {r:?}",
+        cfg.arch,
+        cfg.method
+    );
+}
+
+#[test]
+fn lenet_gradients_match_finite_differences() {
+    check_model(config(Arch::Lenet5, Method::CrossEntropy, 1, 28, 8), 3, 12);
+    check_model(config(Arch::Lenet5Classic, Method::Ntxent, 1, 28, 8), 2, 12);
+}
+
+#[test]
+fn resnet_gradients_match_finite_differences_at_a_tiny_size() {
+    check_model(
+        config(Arch::Resnet18, Method::TripletEntropy, 3, 8, 6),
+        2,
+        2,
+    );
+}
+
+#[test]
+fn saved_models_reload_to_identical_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    for cfg in [
+        config(Arch::Lenet5, Method::CrossEntropy, 1, 28, 16),
+        config(Arch::Resnet18, Method::Ntxent, 3, 8, 8),
+    ] {
+        let model = Encoder::init(cfg.clone(), DType::F32, &Device::Cpu, true).unwrap();
+        let x = ((rand_tensor(&[3, cfg.channels, cfg.height, cfg.width], 1, DType::F32) + 1.0)
+            .unwrap()
+            * 0.5)
+            .unwrap();
+        // A training-mode pass moves the batch-norm running statistics, so they must be saved too.
+        model.embed(&x, true).unwrap();
+        let path = dir.path().join(format!("{}.safetensors", cfg.arch));
+        model.save(&path).unwrap();
+        let back = Encoder::load(&path, DType::F32, &Device::Cpu, false).unwrap();
+        assert_eq!(back.config(), model.config());
+        let a = model.embed(&x, false).unwrap();
+        let b = back.embed(&x, false).unwrap();
+        assert_eq!(max_abs_diff(&a, &b), 0.0);
+        assert!(back.vars().is_empty());
+    }
+    // A file that is not a model names itself.
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"nope").unwrap();
+    let e = Encoder::load(&junk, DType::F32, &Device::Cpu, false)
+        .err()
+        .unwrap();
+    assert!(e.contains("junk.safetensors"), "{e}");
+}
