@@ -335,3 +335,54 @@ impl Encoder {
             .map_err(|e| format!("{show}: {e}"))
     }
 }
+
+impl Encoder {
+    /// Embeds `n` images given as contiguous pixels (n * c * h * w, in [0,1]) in eval mode, in
+    /// batches of `batch_size`; returns n * dim values.
+    pub fn embed_pixels(&self, pixels: &[f32], n: usize, batch_size: usize) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let size = cfg.channels * cfg.height * cfg.width;
+        if pixels.len() != n * size {
+            candle_core::bail!(
+                "{} pixel values for {n} images of {}x{}x{}",
+                pixels.len(),
+                cfg.channels,
+                cfg.height,
+                cfg.width
+            );
+        }
+        let mut out = Vec::with_capacity(n * cfg.dim);
+        let device = crate::device();
+        for chunk in pixels.chunks(batch_size.max(1) * size) {
+            let b = chunk.len() / size;
+            let x = Tensor::from_slice(chunk, (b, cfg.channels, cfg.height, cfg.width), &device)?;
+            let e = self.embed(&x.to_dtype(self.mean.dtype())?, false)?;
+            out.extend(e.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    /// Predicted classes from the head (eval mode), or `None` without a head.
+    pub fn classify_pixels(
+        &self,
+        pixels: &[f32],
+        n: usize,
+        batch_size: usize,
+    ) -> Result<Option<Vec<u32>>> {
+        if self.head.is_none() {
+            return Ok(None);
+        }
+        let cfg = &self.config;
+        let size = cfg.channels * cfg.height * cfg.width;
+        let mut out = Vec::with_capacity(n);
+        let device = crate::device();
+        for chunk in pixels.chunks(batch_size.max(1) * size) {
+            let b = chunk.len() / size;
+            let x = Tensor::from_slice(chunk, (b, cfg.channels, cfg.height, cfg.width), &device)?;
+            let e = self.embed(&x.to_dtype(self.mean.dtype())?, false)?;
+            let logits = self.logits(&e)?.expect("head checked above");
+            out.extend(logits.argmax(1)?.to_vec1::<u32>()?);
+        }
+        Ok(Some(out))
+    }
+}

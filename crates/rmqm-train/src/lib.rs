@@ -1,1 +1,16 @@
-//! Training: the five methods' losses, augmentations, optimizers (Nesterov SGD, Adam) and the training loop.
+//! Training for rmqm: the five methods' losses (cross-entropy, triplet-entropy, semihard
+//! triplet-supervised, triplet-ss, NT-Xent), seeded augmentations, Nesterov SGD and Adam as PyTorch
+//! defines them, and the training loop with gradient accumulation.
+
+pub mod augment;
+pub mod losses;
+pub mod optim;
+mod trainer;
+
+pub use augment::{Augmentation, augment_batch};
+pub use losses::{
+    BatchInput, batch_all_triplet, cross_entropy, method_loss, ntxent, semihard_triplet,
+    semihard_triplets,
+};
+pub use optim::{Adam, NesterovSgd, Optimizer};
+pub use trainer::{StepLog, TrainOptions, batch_tensor, train};
