@@ -1,1 +1,8 @@
-fn main() {}
+//! `alter`: see the library crate for everything it does.
+
+fn main() {
+    rmqm_cli::main_with("alter", alter_tool::run);
+}
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

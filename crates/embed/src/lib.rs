@@ -1,1 +1,246 @@
-//! embed: push images or altered-image streams through an encoder and store embeddings/trajectories.
+//! `embed`: pushes images through an encoder. From an altered-image stream it writes trajectories
+//! (the same keys, an embedding per row); from a dataset split it writes that split's embeddings.
+//! Streams batch by batch: memory is bounded by the batch size.
+
+use anyhow::{Context, Result, bail};
+use candle_core::DType;
+use clap::Parser;
+use rmqm_artifacts::{
+    Input, Output, Provenance, VectorBatchBuilder, VectorKind, VectorReader, VectorWriter, keys,
+};
+use rmqm_cli::{Stdio, Summary, base_provenance};
+use rmqm_data::{Dataset, LoadOptions, load};
+use rmqm_models::Encoder;
+use std::path::PathBuf;
+
+/// Command-line arguments of `embed`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "embed",
+    version,
+    about = "Embed clean or altered images with an encoder; store embeddings or trajectories",
+    long_about = "Reads an altered-image stream (Parquet, or Arrow IPC on stdin with --input -) and writes \
+trajectories: every row's raw embedding under the same image_id, label, step and epsilon. Or, with \
+--dataset, embeds a dataset split (the downstream sets of the probes). Output is Parquet, or an Arrow IPC \
+stream on stdout with -o -. Normalising embeddings is the stats stage's job: rows hold raw embeddings.",
+    after_help = "Examples:\n  embed --model m.safetensors --input noise.parquet -o traj.parquet\n  \
+alter --method noise --dataset mnist --limit 1000 -o - | embed --model m.safetensors -o traj.parquet\n  \
+embed --model m.safetensors --dataset omniglot --split background -o omniglot.parquet"
+)]
+pub struct Args {
+    /// The encoder (safetensors written by train-encoder).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Altered-image stream to embed (`-` for stdin; the default when --dataset is not given).
+    #[arg(long, value_parser = rmqm_cli::parse_input, conflicts_with = "dataset")]
+    pub input: Option<Input>,
+    /// Embed this dataset split instead of a stream.
+    #[arg(long)]
+    pub dataset: Option<Dataset>,
+    /// Folder holding the datasets (default: $DATA_DIR, then data/).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Split of --dataset (default: the dataset's held-out split).
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Only the first N images of --dataset.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Only these classes of --dataset (labels kept), comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Vec<i32>,
+    /// Omniglot: keep strokes dark on white (default: inverted, strokes bright like MNIST).
+    #[arg(long)]
+    pub no_invert: bool,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Output: a Parquet file, or - for Arrow IPC on stdout.
+    #[arg(short, long, value_parser = rmqm_cli::parse_output)]
+    pub output: Output,
+}
+
+/// Entry point with the process's stdio.
+pub fn run(args: Vec<String>) -> Result<()> {
+    run_with(args, Stdio::default())
+}
+
+/// The model's facts every embeddings file carries.
+fn model_provenance(prov: &mut Provenance, model: &Encoder) {
+    for (k, v) in model.config().to_metadata() {
+        if let Some(k) = k.strip_prefix("rmqm.") {
+            if !matches!(
+                k,
+                "kind" | "version" | "seed" | "channels" | "height" | "width"
+            ) {
+                prov.set(k, v);
+            }
+        }
+    }
+    prov.set("model_seed", model.config().seed);
+}
+
+/// Entry point with explicit stdio.
+pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
+    let args = Args::try_parse_from(&argv)?;
+    rmqm_cli::init_threads(args.threads);
+    let summary = Summary::start("embed");
+    let model = Encoder::load(&args.model, DType::F32, &rmqm_models::device(), false)
+        .map_err(anyhow::Error::msg)?;
+    let mc = model.config().clone();
+    let (dim, batch) = (mc.dim, args.batch_size.max(1));
+    let stdout = stdio.take_stdout();
+    let mut prov = base_provenance("embed", &argv);
+    let rows;
+    let what;
+    if let Some(dataset) = args.dataset {
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(rmqm_data::default_data_dir);
+        let split = args
+            .split
+            .clone()
+            .unwrap_or_else(|| dataset.default_split().to_string());
+        let options = LoadOptions {
+            invert_omniglot: !args.no_invert,
+            ..Default::default()
+        };
+        let mut set = load(dataset, &data_dir, &split, &options)?;
+        if !args.classes.is_empty() {
+            let keep: Vec<usize> = (0..set.len())
+                .filter(|&i| args.classes.contains(&set.labels[i]))
+                .collect();
+            set = set.select(&keep);
+        }
+        if let Some(n) = args.limit {
+            set.truncate(n);
+        }
+        if (mc.channels, mc.height, mc.width) != (set.channels, set.height, set.width) {
+            bail!(
+                "{}: the model takes {}x{}x{} images but {dataset} {split} has {}x{}x{}",
+                args.model.display(),
+                mc.channels,
+                mc.height,
+                mc.width,
+                set.channels,
+                set.height,
+                set.width
+            );
+        }
+        prov.set(keys::KIND, "embeddings")
+            .set(keys::DATASET, dataset.name())
+            .set(keys::SPLIT, &split)
+            .set(keys::ALTERATION, "none");
+        model_provenance(&mut prov, &model);
+        let mut writer = VectorWriter::create_with_stdout(
+            &args.output,
+            VectorKind::Embedding,
+            dim,
+            &prov,
+            move || stdout,
+        )?;
+        let bar = rmqm_cli::progress(Some(set.len() as u64), "embed", "images");
+        let size = set.image_size();
+        for start in (0..set.len()).step_by(batch) {
+            let end = (start + batch).min(set.len());
+            let e =
+                model.embed_pixels(&set.pixels[start * size..end * size], end - start, batch)?;
+            let mut out = VectorBatchBuilder::new(dim, end - start);
+            for k in 0..end - start {
+                out.push(
+                    set.ids[start + k],
+                    set.labels[start + k],
+                    0,
+                    0.0,
+                    &e[k * dim..(k + 1) * dim],
+                );
+            }
+            writer.write(&out.finish())?;
+            bar.inc((end - start) as u64);
+        }
+        bar.finish_and_clear();
+        rows = writer.finish()?;
+        what = format!("{} {split}", dataset.name());
+    } else {
+        let input = args.input.clone().unwrap_or(Input::Stdin);
+        let stdin = stdio.take_stdin();
+        let mut reader =
+            VectorReader::open_with_stdin(&input, VectorKind::Pixels, batch, move || stdin)?;
+        let ip = reader.provenance().clone();
+        let shape = (
+            ip.require_usize(keys::CHANNELS, reader.path())?,
+            ip.require_usize(keys::HEIGHT, reader.path())?,
+            ip.require_usize(keys::WIDTH, reader.path())?,
+        );
+        if shape != (mc.channels, mc.height, mc.width) {
+            bail!(
+                "{}: the model takes {}x{}x{} images but {input} holds {}x{}x{}",
+                args.model.display(),
+                mc.channels,
+                mc.height,
+                mc.width,
+                shape.0,
+                shape.1,
+                shape.2
+            );
+        }
+        // The stream's facts (dataset, alteration, seed, steps) carry over; the model's replace any
+        // the stream had (a PGD stream names the attacked model, which may differ).
+        for (k, v) in ip.iter() {
+            if !matches!(
+                k,
+                "tool" | "version" | "command" | "kind" | "channels" | "height" | "width"
+            ) {
+                prov.set(k, v);
+            }
+        }
+        if let Some(attacked) = ip.get(keys::MODEL) {
+            prov.set("altered_with_model", attacked);
+        }
+        model_provenance(&mut prov, &model);
+        prov.set(keys::KIND, "trajectories");
+        let mut writer = VectorWriter::create_with_stdout(
+            &args.output,
+            VectorKind::Embedding,
+            dim,
+            &prov,
+            move || stdout,
+        )?;
+        let bar = rmqm_cli::progress(reader.total_rows().map(|r| r as u64), "embed", "rows");
+        while let Some(b) = reader.next_batch()? {
+            let e = model
+                .embed_pixels(&b.values, b.len(), batch)
+                .with_context(|| format!("embedding rows of {input}"))?;
+            let mut out = VectorBatchBuilder::new(dim, b.len());
+            for k in 0..b.len() {
+                out.push(
+                    b.image_ids[k],
+                    b.labels[k],
+                    b.steps[k],
+                    b.epsilons[k],
+                    &e[k * dim..(k + 1) * dim],
+                );
+            }
+            writer.write(&out.finish())?;
+            bar.inc(b.len() as u64);
+        }
+        bar.finish_and_clear();
+        rows = writer.finish()?;
+        what = format!("{input}");
+    }
+    let secs = summary.elapsed().as_secs_f64().max(1e-9);
+    summary.finish(&format!(
+        "{} rows of {what} through {} ({} {} dim {dim}, {:.0} rows/s); wrote {}",
+        rmqm_cli::thousands(rows as u64),
+        mc.model_id,
+        mc.arch,
+        mc.method,
+        rows as f64 / secs,
+        args.output
+    ));
+    Ok(())
+}

@@ -37,6 +37,7 @@ impl Optimizer for NesterovSgd {
     fn step(&mut self, grads: &[Option<Tensor>]) -> Result<()> {
         for ((var, buf), g) in self.vars.iter().zip(self.buffers.iter_mut()).zip(grads) {
             let Some(g) = g else { continue };
+            let g = &g.detach();
             let b = match buf.take() {
                 Some(b) => ((b * self.momentum)? + g)?,
                 None => g.clone(),
@@ -86,6 +87,7 @@ impl Optimizer for Adam {
         let c2 = 1.0 - self.beta2.powi(self.t);
         for ((var, mom), g) in self.vars.iter().zip(self.moments.iter_mut()).zip(grads) {
             let Some(g) = g else { continue };
+            let g = &g.detach();
             let (m, v) = match mom.take() {
                 Some((m, v)) => (
                     ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?,

@@ -142,10 +142,13 @@ pub fn train(
             }
             let grads = loss.backward()?;
             for (slot, var) in acc.iter_mut().zip(&vars) {
+                // Detached: a variable's gradient can still reference this batch's forward graph,
+                // which would otherwise live on through the optimizer's state.
                 if let Some(g) = grads.get(var.as_tensor()) {
+                    let g = g.detach();
                     *slot = Some(match slot.take() {
                         Some(s) => (s + g)?,
-                        None => g.clone(),
+                        None => g,
                     });
                 }
             }

@@ -1,0 +1,215 @@
+//! PGD walks: x_j = clip(x_{j-1} + alpha * sign(grad_x L), 0, 1), L the model's own training loss,
+//! gradients with respect to the input only (the model's weights are frozen plain tensors, so the
+//! custom ops compute no weight gradients).
+
+use candle_core::{DType, Result, Tensor, Var};
+use rmqm_models::{Encoder, Method};
+use rmqm_train::{Augmentation, augment_batch, cross_entropy, ntxent, semihard_triplet};
+use std::fmt;
+use std::str::FromStr;
+
+/// How a step uses the gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgdStep {
+    /// alpha * sign(gradient) (FGSM/PGD; the default).
+    Sign,
+    /// alpha * gradient, as equation (1) is printed.
+    Raw,
+}
+
+/// How level j relates to level j-1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgdWalk {
+    /// Each level extends the previous one (equation (1)).
+    Continue,
+    /// Level j is j fresh iterations from the clean image (the reference code).
+    Restart,
+}
+
+macro_rules! text_enum {
+    ($t:ty, $($v:path => $s:expr),+) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $($v => $s),+ })
+            }
+        }
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                match s { $($s => Ok($v),)+ o => Err(format!("unknown value {o:?}")) }
+            }
+        }
+    };
+}
+text_enum!(PgdStep, PgdStep::Sign => "sign", PgdStep::Raw => "raw");
+text_enum!(PgdWalk, PgdWalk::Continue => "continue", PgdWalk::Restart => "restart");
+
+/// The PGD walk's parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PgdConfig {
+    /// J: levels are 0..=J.
+    pub steps: usize,
+    /// Step size (2/255 by default).
+    pub alpha: f64,
+    /// Sign or raw gradient.
+    pub step: PgdStep,
+    /// Continue or restart.
+    pub walk: PgdWalk,
+    /// Optional L-infinity radius around the clean image.
+    pub radius: Option<f64>,
+    /// Seed of the augmented views the self-supervised losses compare against.
+    pub seed: u64,
+}
+
+/// The attack loss of `model`'s method on a batch at `x`, summed over images for cross-entropy
+/// (so each image's gradient is its own) and the method's batch loss otherwise.
+fn attack_loss(
+    model: &Encoder,
+    x: &Tensor,
+    x_now: &[f32],
+    labels: &[i64],
+    ids: &[u32],
+    key: u64,
+    seed: u64,
+) -> Result<Tensor> {
+    let cfg = model.config();
+    let n = labels.len();
+    let emb = model.embed(x, false)?;
+    let labels_t = || {
+        Tensor::new(
+            labels.iter().map(|&l| l as u32).collect::<Vec<_>>(),
+            x.device(),
+        )
+    };
+    let views = |e: &Tensor| -> Result<Tensor> {
+        // A seeded augmented view of each current image; constant: no gradient flows through it.
+        let (c, h, w) = (cfg.channels, cfg.height, cfg.width);
+        let size = c * h * w;
+        let imgs: Vec<&[f32]> = x_now.chunks(size).collect();
+        let v = augment_batch(
+            Augmentation::for_images(c),
+            &imgs,
+            ids,
+            c,
+            h,
+            w,
+            seed,
+            key,
+            0,
+        );
+        let v = Tensor::from_vec(v, (n, c, h, w), x.device())?.to_dtype(e.dtype())?;
+        Ok(model.embed(&v, false)?.detach())
+    };
+    match cfg.method {
+        Method::CrossEntropy => {
+            let logits = model
+                .logits(&emb)?
+                .expect("cross-entropy models have a head");
+            cross_entropy(&logits, &labels_t()?)? * n as f64
+        }
+        Method::TripletEntropy => {
+            let logits = model
+                .logits(&emb)?
+                .expect("triplet-entropy models have a head");
+            (cross_entropy(&logits, &labels_t()?)? * n as f64)?
+                + semihard_triplet(&emb, labels, cfg.margin)?
+        }
+        Method::TripletSupervised => semihard_triplet(&emb, labels, cfg.margin),
+        Method::TripletSs => {
+            let v = views(&emb)?;
+            let ids2: Vec<i64> = (0..2 * n).map(|i| (i % n) as i64).collect();
+            semihard_triplet(&Tensor::cat(&[&emb, &v], 0)?, &ids2, cfg.margin)
+        }
+        Method::Ntxent => {
+            let v = views(&emb)?;
+            ntxent(&emb, &v, cfg.temperature)
+        }
+    }
+}
+
+/// One PGD update of the batch `x` (B images of C*H*W values); `clean` bounds the radius; `key`
+/// selects the augmentation stream of this update.
+pub fn pgd_step(
+    model: &Encoder,
+    x: &[f32],
+    clean: &[f32],
+    labels: &[i64],
+    ids: &[u32],
+    cfg: &PgdConfig,
+    key: u64,
+) -> Result<Vec<f32>> {
+    let mc = model.config();
+    let n = labels.len();
+    let xt = Tensor::from_slice(
+        x,
+        (n, mc.channels, mc.height, mc.width),
+        &rmqm_models::device(),
+    )?;
+    let var = Var::from_tensor(&xt)?;
+    let loss = attack_loss(model, var.as_tensor(), x, labels, ids, key, cfg.seed)?;
+    let grads = loss.backward()?;
+    let g: Vec<f32> = match grads.get(var.as_tensor()) {
+        Some(g) => g.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+        None => vec![0.0; x.len()],
+    };
+    let alpha = cfg.alpha as f32;
+    let radius = cfg.radius.map(|r| r as f32);
+    Ok(x.iter()
+        .zip(&g)
+        .zip(clean)
+        .map(|((&xi, &gi), &ci)| {
+            let d = match cfg.step {
+                PgdStep::Sign => {
+                    alpha
+                        * if gi > 0.0 {
+                            1.0
+                        } else if gi < 0.0 {
+                            -1.0
+                        } else {
+                            0.0
+                        }
+                }
+                PgdStep::Raw => alpha * gi,
+            };
+            let mut v = xi + d;
+            if let Some(r) = radius {
+                v = v.clamp(ci - r, ci + r);
+            }
+            v.clamp(0.0, 1.0)
+        })
+        .collect())
+}
+
+/// The key of update `t` of level `level` (0 for the continuing walk).
+fn key(level: usize, t: usize) -> u64 {
+    (level as u64) << 32 | t as u64
+}
+
+/// Walks a batch: returns levels 0..=J, each B images of C*H*W values (level 0 = clean).
+pub fn pgd_batch(
+    model: &Encoder,
+    clean: &[f32],
+    labels: &[i64],
+    ids: &[u32],
+    cfg: &PgdConfig,
+) -> Result<Vec<Vec<f32>>> {
+    let mut levels = vec![clean.to_vec()];
+    match cfg.walk {
+        PgdWalk::Continue => {
+            for j in 1..=cfg.steps {
+                let next = pgd_step(model, &levels[j - 1], clean, labels, ids, cfg, key(0, j))?;
+                levels.push(next);
+            }
+        }
+        PgdWalk::Restart => {
+            for j in 1..=cfg.steps {
+                let mut x = clean.to_vec();
+                for t in 1..=j {
+                    x = pgd_step(model, &x, clean, labels, ids, cfg, key(j, t))?;
+                }
+                levels.push(x);
+            }
+        }
+    }
+    Ok(levels)
+}
