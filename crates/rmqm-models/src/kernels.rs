@@ -243,7 +243,7 @@ fn epilogue<T: Real>(y: &mut [T], hw: usize, bias: Option<&[T]>, relu: bool) {
         let b = bias.map_or(T::zero(), |b| b[c]);
         for v in plane.iter_mut() {
             let z = *v + b;
-            *v = if relu && !(z > T::zero()) {
+            *v = if relu && z <= T::zero() {
                 T::zero()
             } else {
                 z
@@ -454,7 +454,7 @@ pub fn linear_forward<T: Real>(
         y.par_chunks_mut(d_out).for_each(|row| {
             for (k, v) in row.iter_mut().enumerate() {
                 let z = *v + b.map_or(T::zero(), |b| b[k]);
-                *v = if relu && !(z > T::zero()) {
+                *v = if relu && z <= T::zero() {
                     T::zero()
                 } else {
                     z
@@ -509,11 +509,12 @@ fn parallelism(flops: usize) -> Parallelism {
     }
 }
 
-/// Multiplies `dy` by the ReLU mask of the forward result `y` (1 where y > 0).
+/// Multiplies `dy` by the ReLU mask of the forward result `y` (1 where y > 0); a NaN in `y` passes
+/// its gradient on, so a NaN reaches the parameters and the loss check instead of hiding as zero.
 pub fn relu_mask<T: Real>(dy: &[T], y: &[T]) -> Vec<T> {
     dy.iter()
         .zip(y)
-        .map(|(&g, &v)| if v > T::zero() { g } else { T::zero() })
+        .map(|(&g, &v)| if v <= T::zero() { T::zero() } else { g })
         .collect()
 }
 
@@ -553,6 +554,13 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn relu_keeps_nan_visible() {
+        let y = linear_forward(&[f32::NAN, 1.0], &[1.0, 1.0], None, 1, 2, 1, true);
+        assert!(y[0].is_nan());
+        assert!(relu_mask(&[2.0f32, 3.0], &[f32::NAN, 0.0])[0] == 2.0);
     }
 
     #[test]

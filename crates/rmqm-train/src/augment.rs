@@ -184,6 +184,11 @@ pub fn warp(img: &[f32], c: usize, h: usize, w: usize, m: &Mat3) -> Vec<f32> {
             let z = m[6] * xf + m[7] * yf + m[8];
             let u = (m[0] * xf + m[1] * yf + m[2]) / z;
             let v = (m[3] * xf + m[4] * yf + m[5]) / z;
+            // Near a perspective's vanishing line the source point runs off to infinity (or behind
+            // the view): nothing to sample there, the output stays 0 (as zero padding would give).
+            if !(z > 1e-9) || !(u.abs() < 1e6) || !(v.abs() < 1e6) {
+                continue;
+            }
             let (x0, y0) = (u.floor(), v.floor());
             let (fx, fy) = ((u - x0) as f32, (v - y0) as f32);
             let (x0, y0) = (x0 as i64, y0 as i64);
@@ -309,6 +314,21 @@ mod tests {
             x = warp(&x, 1, 28, 28, &r);
         }
         assert!(x.iter().zip(&img).all(|(a, b)| (a - b).abs() < 1e-4));
+    }
+
+    #[test]
+    fn degenerate_perspectives_sample_zero_not_nan() {
+        let img = vec![0.7f32; 28 * 28];
+        // z = 1 - x/10 crosses zero inside the image.
+        let m = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, -0.1, 0.0, 1.0];
+        let out = warp(&img, 1, 28, 28, &m);
+        assert!(out.iter().all(|v| v.is_finite()));
+        assert_eq!(out[10], 0.0);
+        // Many random views: never a NaN.
+        let aug = Augmentation::for_images(1);
+        for id in 0..2000 {
+            assert!(augment_image(aug, &img, 1, 28, 28, (0, 0, id, 0)).iter().all(|v| v.is_finite()), "view {id}");
+        }
     }
 
     #[test]

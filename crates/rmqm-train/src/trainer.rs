@@ -155,6 +155,18 @@ pub fn train(
             acc_losses.push(value);
             acc_examples += batch.len();
             if acc_losses.len() == opts.accumulate || bi + 1 == batches.len() {
+                // A non-finite gradient would poison the weights silently: stop with a clear error.
+                for (g, var) in acc.iter().zip(&vars) {
+                    if let Some(g) = g {
+                        let total = g.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                        if !total.is_finite() {
+                            candle_core::bail!(
+                                "non-finite gradient for a {:?} parameter at epoch {epoch}, step {step}",
+                                var.dims()
+                            );
+                        }
+                    }
+                }
                 optimizer.step(&acc)?;
                 acc.iter_mut().for_each(|a| *a = None);
                 examples += acc_examples;

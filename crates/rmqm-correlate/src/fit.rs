@@ -1,0 +1,171 @@
+//! The RMQM ablation (appendix A) and fitted weights (eq. 6): which of D, 1/D_RC and 1/P_RC carry
+//! the correlation, and the non-negative weights that maximise Pearson's r, with a leave-one-model-out
+//! check so that overfitting shows.
+
+use crate::stats::pearson;
+
+/// The three RMQM terms of a set of models.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Terms {
+    /// D per model.
+    pub d: Vec<f64>,
+    /// 1/D_RC per model.
+    pub inv_d_rc: Vec<f64>,
+    /// 1/P_RC per model.
+    pub inv_p_rc: Vec<f64>,
+}
+
+impl Terms {
+    /// Number of models.
+    pub fn len(&self) -> usize {
+        self.d.len()
+    }
+    /// True with no model.
+    pub fn is_empty(&self) -> bool {
+        self.d.is_empty()
+    }
+    fn without(&self, i: usize) -> Terms {
+        let drop = |v: &[f64]| v.iter().enumerate().filter(|(k, _)| *k != i).map(|(_, x)| *x).collect();
+        Terms { d: drop(&self.d), inv_d_rc: drop(&self.inv_d_rc), inv_p_rc: drop(&self.inv_p_rc) }
+    }
+}
+
+/// ln(1 + w1 D + w2 / D_RC + w3 / P_RC) for every model.
+pub fn weighted_rmqm(t: &Terms, w: [f64; 3]) -> Vec<f64> {
+    (0..t.len()).map(|i| (1.0 + w[0] * t.d[i] + w[1] * t.inv_d_rc[i] + w[2] * t.inv_p_rc[i]).ln()).collect()
+}
+
+/// The seven non-empty subsets of {D, 1/D_RC, 1/P_RC}, as (name, unit weights).
+pub const ABLATION_SUBSETS: [(&str, [f64; 3]); 7] = [
+    ("D", [1.0, 0.0, 0.0]),
+    ("1/D_RC", [0.0, 1.0, 0.0]),
+    ("1/P_RC", [0.0, 0.0, 1.0]),
+    ("D + 1/D_RC", [1.0, 1.0, 0.0]),
+    ("D + 1/P_RC", [1.0, 0.0, 1.0]),
+    ("1/D_RC + 1/P_RC", [0.0, 1.0, 1.0]),
+    ("D + 1/D_RC + 1/P_RC", [1.0, 1.0, 1.0]),
+];
+
+/// Pearson's r of each ablation subset's RMQM with `performance`.
+pub fn ablation(t: &Terms, performance: &[f64]) -> Vec<(&'static str, f64)> {
+    ABLATION_SUBSETS.iter().map(|(name, w)| (*name, pearson(&weighted_rmqm(t, *w), performance))).collect()
+}
+
+/// Minimises `f` over R^3 by Nelder-Mead from `start` (deterministic).
+fn nelder_mead(f: &dyn Fn([f64; 3]) -> f64, start: [f64; 3], step: f64, iterations: usize) -> ([f64; 3], f64) {
+    let mut simplex: Vec<([f64; 3], f64)> = (0..4)
+        .map(|k| {
+            let mut p = start;
+            if k > 0 {
+                p[k - 1] += step;
+            }
+            (p, f(p))
+        })
+        .collect();
+    let combine = |a: [f64; 3], b: [f64; 3], t: f64| [a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]), a[2] + t * (b[2] - a[2])];
+    for _ in 0..iterations {
+        simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+        if (simplex[3].1 - simplex[0].1).abs() < 1e-15 {
+            break;
+        }
+        let mut c = [0.0; 3];
+        for (p, _) in &simplex[..3] {
+            for k in 0..3 {
+                c[k] += p[k] / 3.0;
+            }
+        }
+        let worst = simplex[3];
+        let r = combine(c, worst.0, -1.0);
+        let fr = f(r);
+        if fr < simplex[0].1 {
+            let e = combine(c, worst.0, -2.0);
+            let fe = f(e);
+            simplex[3] = if fe < fr { (e, fe) } else { (r, fr) };
+        } else if fr < simplex[2].1 {
+            simplex[3] = (r, fr);
+        } else {
+            let k = combine(c, worst.0, 0.5);
+            let fk = f(k);
+            if fk < worst.1 {
+                simplex[3] = (k, fk);
+            } else {
+                let best = simplex[0].0;
+                for s in simplex.iter_mut().skip(1) {
+                    s.0 = combine(best, s.0, 0.5);
+                    s.1 = f(s.0);
+                }
+            }
+        }
+    }
+    simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+    simplex[0]
+}
+
+/// Non-negative weights (w = theta^2) maximising Pearson's r of the weighted RMQM with
+/// `performance`, best of several Nelder-Mead starts (among them the paper's 0.95, 0.74, 0.11).
+/// Returns (weights, r).
+pub fn fit_weights(t: &Terms, performance: &[f64]) -> ([f64; 3], f64) {
+    let objective = |theta: [f64; 3]| -> f64 {
+        let w = [theta[0] * theta[0], theta[1] * theta[1], theta[2] * theta[2]];
+        let r = pearson(&weighted_rmqm(t, w), performance);
+        if r.is_finite() { -r } else { 1.0 }
+    };
+    let starts: [[f64; 3]; 7] = [[0.95, 0.74, 0.11], [1.0, 1.0, 1.0], [1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0], [0.3, 0.3, 0.3], [3.0, 3.0, 3.0]];
+    let mut best = ([1.0, 1.0, 1.0], f64::INFINITY);
+    for s in starts {
+        let theta0 = [s[0].sqrt(), s[1].sqrt(), s[2].sqrt()];
+        let mut result = nelder_mead(&objective, theta0, 0.2, 2000);
+        // A restart from the optimum refines a collapsed simplex.
+        result = nelder_mead(&objective, result.0, 0.02, 2000);
+        if result.1 < best.1 {
+            best = result;
+        }
+    }
+    let w = [best.0[0] * best.0[0], best.0[1] * best.0[1], best.0[2] * best.0[2]];
+    (w, -best.1)
+}
+
+/// Leave-one-model-out: for each model, weights fitted on the others score it; Pearson's r of those
+/// held-out scores with `performance`.
+pub fn leave_one_out_r(t: &Terms, performance: &[f64]) -> f64 {
+    if t.len() < 4 {
+        return f64::NAN;
+    }
+    let scores: Vec<f64> = (0..t.len())
+        .map(|i| {
+            let perf: Vec<f64> = performance.iter().enumerate().filter(|(k, _)| *k != i).map(|(_, x)| *x).collect();
+            let (w, _) = fit_weights(&t.without(i), &perf);
+            (1.0 + w[0] * t.d[i] + w[1] * t.inv_d_rc[i] + w[2] * t.inv_p_rc[i]).ln()
+        })
+        .collect();
+    pearson(&scores, performance)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn recovers_known_weights() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let n = 40;
+        let t = Terms {
+            d: (0..n).map(|_| rng.random_range(0.1..1.2)).collect(),
+            inv_d_rc: (0..n).map(|_| rng.random_range(0.5..8.0)).collect(),
+            inv_p_rc: (0..n).map(|_| rng.random_range(0.5..20.0)).collect(),
+        };
+        let truth = [0.95, 0.74, 0.11];
+        let perf = weighted_rmqm(&t, truth);
+        let (w, r) = fit_weights(&t, &perf);
+        assert!(r > 0.999_999, "{r}");
+        for k in 0..3 {
+            assert!((w[k] - truth[k]).abs() < 0.02 * truth[k].max(0.1), "{w:?}");
+        }
+        let loo = leave_one_out_r(&t, &perf);
+        assert!(loo > 0.999, "{loo}");
+        let ab = ablation(&t, &perf);
+        assert_eq!(ab.len(), 7);
+        assert!(ab[6].1 > ab[0].1, "{ab:?}");
+    }
+}
