@@ -281,6 +281,11 @@ fn provenance_columns(t: &mut Table, prov: &Provenance, dim: usize, n: usize) {
         .unwrap_or(dim as i64);
     t.push("dim", Column::I64(vec![dim; n]));
     t.push("optimizer", Column::Str(text(keys::OPTIMIZER)));
+    let epochs = prov
+        .get(keys::EPOCHS)
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(-1i64);
+    t.push("epochs", Column::I64(vec![epochs; n]));
     t.push("train_dataset", Column::Str(text(keys::TRAIN_DATASET)));
     t.push("dataset", Column::Str(text(keys::DATASET)));
     t.push("alteration", Column::Str(text(keys::ALTERATION)));

@@ -242,6 +242,11 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
         .unwrap_or(dim as i64);
     table.push("dim", Column::I64(vec![dim_meta; n]));
     table.push("optimizer", text(keys::OPTIMIZER));
+    let epochs = prov
+        .get(keys::EPOCHS)
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(-1i64);
+    table.push("epochs", Column::I64(vec![epochs; n]));
     table.push("train_dataset", text(keys::TRAIN_DATASET));
     table.push("downstream", Column::Str(vec![downstream.clone(); n]));
     table.push(

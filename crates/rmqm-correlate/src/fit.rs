@@ -24,15 +24,13 @@ impl Terms {
     pub fn is_empty(&self) -> bool {
         self.d.is_empty()
     }
-    fn without(&self, i: usize) -> Terms {
-        let drop = |v: &[f64]| v.iter().enumerate().filter(|(k, _)| *k != i).map(|(_, x)| *x).collect();
-        Terms { d: drop(&self.d), inv_d_rc: drop(&self.inv_d_rc), inv_p_rc: drop(&self.inv_p_rc) }
-    }
 }
 
 /// ln(1 + w1 D + w2 / D_RC + w3 / P_RC) for every model.
 pub fn weighted_rmqm(t: &Terms, w: [f64; 3]) -> Vec<f64> {
-    (0..t.len()).map(|i| (1.0 + w[0] * t.d[i] + w[1] * t.inv_d_rc[i] + w[2] * t.inv_p_rc[i]).ln()).collect()
+    (0..t.len())
+        .map(|i| (1.0 + w[0] * t.d[i] + w[1] * t.inv_d_rc[i] + w[2] * t.inv_p_rc[i]).ln())
+        .collect()
 }
 
 /// The seven non-empty subsets of {D, 1/D_RC, 1/P_RC}, as (name, unit weights).
@@ -48,11 +46,19 @@ pub const ABLATION_SUBSETS: [(&str, [f64; 3]); 7] = [
 
 /// Pearson's r of each ablation subset's RMQM with `performance`.
 pub fn ablation(t: &Terms, performance: &[f64]) -> Vec<(&'static str, f64)> {
-    ABLATION_SUBSETS.iter().map(|(name, w)| (*name, pearson(&weighted_rmqm(t, *w), performance))).collect()
+    ABLATION_SUBSETS
+        .iter()
+        .map(|(name, w)| (*name, pearson(&weighted_rmqm(t, *w), performance)))
+        .collect()
 }
 
 /// Minimises `f` over R^3 by Nelder-Mead from `start` (deterministic).
-fn nelder_mead(f: &dyn Fn([f64; 3]) -> f64, start: [f64; 3], step: f64, iterations: usize) -> ([f64; 3], f64) {
+fn nelder_mead(
+    f: &dyn Fn([f64; 3]) -> f64,
+    start: [f64; 3],
+    step: f64,
+    iterations: usize,
+) -> ([f64; 3], f64) {
     let mut simplex: Vec<([f64; 3], f64)> = (0..4)
         .map(|k| {
             let mut p = start;
@@ -62,7 +68,13 @@ fn nelder_mead(f: &dyn Fn([f64; 3]) -> f64, start: [f64; 3], step: f64, iteratio
             (p, f(p))
         })
         .collect();
-    let combine = |a: [f64; 3], b: [f64; 3], t: f64| [a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]), a[2] + t * (b[2] - a[2])];
+    let combine = |a: [f64; 3], b: [f64; 3], t: f64| {
+        [
+            a[0] + t * (b[0] - a[0]),
+            a[1] + t * (b[1] - a[1]),
+            a[2] + t * (b[2] - a[2]),
+        ]
+    };
     for _ in 0..iterations {
         simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
         if (simplex[3].1 - simplex[0].1).abs() < 1e-15 {
@@ -105,39 +117,83 @@ fn nelder_mead(f: &dyn Fn([f64; 3]) -> f64, start: [f64; 3], step: f64, iteratio
 /// `performance`, best of several Nelder-Mead starts (among them the paper's 0.95, 0.74, 0.11).
 /// Returns (weights, r).
 pub fn fit_weights(t: &Terms, performance: &[f64]) -> ([f64; 3], f64) {
+    let starts: [[f64; 3]; 7] = [
+        [0.95, 0.74, 0.11],
+        [1.0, 1.0, 1.0],
+        [1.0, 0.1, 0.1],
+        [0.1, 1.0, 0.1],
+        [0.1, 0.1, 1.0],
+        [0.3, 0.3, 0.3],
+        [3.0, 3.0, 3.0],
+    ];
+    fit_weights_from(t, performance, &starts)
+}
+
+/// Like [`fit_weights`], from the given starting weights.
+pub fn fit_weights_from(t: &Terms, performance: &[f64], starts: &[[f64; 3]]) -> ([f64; 3], f64) {
     let objective = |theta: [f64; 3]| -> f64 {
-        let w = [theta[0] * theta[0], theta[1] * theta[1], theta[2] * theta[2]];
+        let w = [
+            theta[0] * theta[0],
+            theta[1] * theta[1],
+            theta[2] * theta[2],
+        ];
         let r = pearson(&weighted_rmqm(t, w), performance);
         if r.is_finite() { -r } else { 1.0 }
     };
-    let starts: [[f64; 3]; 7] = [[0.95, 0.74, 0.11], [1.0, 1.0, 1.0], [1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0], [0.3, 0.3, 0.3], [3.0, 3.0, 3.0]];
     let mut best = ([1.0, 1.0, 1.0], f64::INFINITY);
     for s in starts {
         let theta0 = [s[0].sqrt(), s[1].sqrt(), s[2].sqrt()];
-        let mut result = nelder_mead(&objective, theta0, 0.2, 2000);
+        let mut result = nelder_mead(&objective, theta0, 0.2, 1500);
         // A restart from the optimum refines a collapsed simplex.
-        result = nelder_mead(&objective, result.0, 0.02, 2000);
+        result = nelder_mead(&objective, result.0, 0.02, 1500);
         if result.1 < best.1 {
             best = result;
         }
     }
-    let w = [best.0[0] * best.0[0], best.0[1] * best.0[1], best.0[2] * best.0[2]];
+    let w = [
+        best.0[0] * best.0[0],
+        best.0[1] * best.0[1],
+        best.0[2] * best.0[2],
+    ];
     (w, -best.1)
 }
 
-/// Leave-one-model-out: for each model, weights fitted on the others score it; Pearson's r of those
-/// held-out scores with `performance`.
-pub fn leave_one_out_r(t: &Terms, performance: &[f64]) -> f64 {
-    if t.len() < 4 {
+/// Leave-one-model-out: for each model (every pair of it, `groups[i]` naming each pair's model),
+/// weights fitted on the other models score its pairs; Pearson's r of all held-out scores with
+/// `performance`. Each fold starts from the weights fitted on all models.
+pub fn leave_one_out_r(t: &Terms, performance: &[f64], groups: &[usize]) -> f64 {
+    use rayon::prelude::*;
+    let models: std::collections::BTreeSet<usize> = groups.iter().copied().collect();
+    if models.len() < 4 {
         return f64::NAN;
     }
-    let scores: Vec<f64> = (0..t.len())
-        .map(|i| {
-            let perf: Vec<f64> = performance.iter().enumerate().filter(|(k, _)| *k != i).map(|(_, x)| *x).collect();
-            let (w, _) = fit_weights(&t.without(i), &perf);
-            (1.0 + w[0] * t.d[i] + w[1] * t.inv_d_rc[i] + w[2] * t.inv_p_rc[i]).ln()
+    let (full, _) = fit_weights(t, performance);
+    let held: Vec<Vec<(usize, f64)>> = models
+        .par_iter()
+        .map(|&m| {
+            let keep: Vec<usize> = (0..t.len()).filter(|&i| groups[i] != m).collect();
+            let sub = Terms {
+                d: keep.iter().map(|&i| t.d[i]).collect(),
+                inv_d_rc: keep.iter().map(|&i| t.inv_d_rc[i]).collect(),
+                inv_p_rc: keep.iter().map(|&i| t.inv_p_rc[i]).collect(),
+            };
+            let perf: Vec<f64> = keep.iter().map(|&i| performance[i]).collect();
+            let (w, _) = fit_weights_from(&sub, &perf, &[full]);
+            (0..t.len())
+                .filter(|&i| groups[i] == m)
+                .map(|i| {
+                    (
+                        i,
+                        (1.0 + w[0] * t.d[i] + w[1] * t.inv_d_rc[i] + w[2] * t.inv_p_rc[i]).ln(),
+                    )
+                })
+                .collect()
         })
         .collect();
+    let mut scores = vec![f64::NAN; t.len()];
+    for (i, v) in held.into_iter().flatten() {
+        scores[i] = v;
+    }
     pearson(&scores, performance)
 }
 
@@ -162,7 +218,8 @@ mod tests {
         for k in 0..3 {
             assert!((w[k] - truth[k]).abs() < 0.02 * truth[k].max(0.1), "{w:?}");
         }
-        let loo = leave_one_out_r(&t, &perf);
+        let groups: Vec<usize> = (0..n).collect();
+        let loo = leave_one_out_r(&t, &perf, &groups);
         assert!(loo > 0.999, "{loo}");
         let ab = ablation(&t, &perf);
         assert_eq!(ab.len(), 7);

@@ -14,7 +14,11 @@ static FONTS: Once = Once::new();
 /// Registers the bundled font for "sans-serif" (once per process).
 fn fonts() {
     FONTS.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
         let _ = plotters::style::register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold());
     });
 }
@@ -87,13 +91,22 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, text: &ChartText, series: &[Line]) -> Result<(), PlotError>
+fn draw_lines<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    text: &ChartText,
+    series: &[Line],
+) -> Result<(), PlotError>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (x0, x1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
-    let (y0, y1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1).chain(s.band.iter().flat_map(|b| [b.1, b.2]))));
+    let (y0, y1) = range(series.iter().flat_map(|s| {
+        s.points
+            .iter()
+            .map(|p| p.1)
+            .chain(s.band.iter().flat_map(|b| [b.1, b.2]))
+    }));
     let mut chart = ChartBuilder::on(&root)
         .caption(&text.title, ("sans-serif", 22))
         .margin(12)
@@ -112,11 +125,29 @@ where
     for (i, s) in series.iter().enumerate() {
         let c = colour(i);
         if !s.band.is_empty() {
-            let mut poly: Vec<(f64, f64)> = s.band.iter().filter(|b| b.1.is_finite() && b.2.is_finite()).map(|b| (b.0, b.2)).collect();
-            poly.extend(s.band.iter().rev().filter(|b| b.1.is_finite() && b.2.is_finite()).map(|b| (b.0, b.1)));
-            chart.draw_series(std::iter::once(Polygon::new(poly, c.mix(0.2).filled()))).map_err(|e| e.to_string())?;
+            let mut poly: Vec<(f64, f64)> = s
+                .band
+                .iter()
+                .filter(|b| b.1.is_finite() && b.2.is_finite())
+                .map(|b| (b.0, b.2))
+                .collect();
+            poly.extend(
+                s.band
+                    .iter()
+                    .rev()
+                    .filter(|b| b.1.is_finite() && b.2.is_finite())
+                    .map(|b| (b.0, b.1)),
+            );
+            chart
+                .draw_series(std::iter::once(Polygon::new(poly, c.mix(0.2).filled())))
+                .map_err(|e| e.to_string())?;
         }
-        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .collect();
         chart
             .draw_series(plotters::series::LineSeries::new(pts, c.stroke_width(2)))
             .map_err(|e| e.to_string())?
@@ -134,7 +165,11 @@ where
     root.present().map_err(|e| e.to_string())
 }
 
-fn draw_scatter<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, text: &ChartText, groups: &[ScatterGroup]) -> Result<(), PlotError>
+fn draw_scatter<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    text: &ChartText,
+    groups: &[ScatterGroup],
+) -> Result<(), PlotError>
 where
     DB::ErrorType: 'static,
 {
@@ -158,7 +193,12 @@ where
         .map_err(|e| e.to_string())?;
     for (i, g) in groups.iter().enumerate() {
         let c = colour(i);
-        let pts: Vec<(f64, f64)> = g.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+        let pts: Vec<(f64, f64)> = g
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .collect();
         chart
             .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
             .map_err(|e| e.to_string())?
@@ -166,7 +206,12 @@ where
             .legend(move |(x, y)| Circle::new((x + 9, y), 4, c.filled()));
         if let Some((a, b)) = g.fit {
             let (lo, hi) = range(pts.iter().map(|p| p.0));
-            chart.draw_series(plotters::series::LineSeries::new(vec![(lo, a + b * lo), (hi, a + b * hi)], c.stroke_width(2))).map_err(|e| e.to_string())?;
+            chart
+                .draw_series(plotters::series::LineSeries::new(
+                    vec![(lo, a + b * lo), (hi, a + b * hi)],
+                    c.stroke_width(2),
+                ))
+                .map_err(|e| e.to_string())?;
         }
     }
     chart
@@ -188,22 +233,45 @@ pub fn line_chart(stem: &Path, text: &ChartText, series: &[Line]) -> Result<(), 
     fonts();
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
-    draw_lines(BitMapBackend::new(&png, SIZE).into_drawing_area(), text, series)?;
-    draw_lines(SVGBackend::new(&svg, SIZE).into_drawing_area(), text, series)
+    draw_lines(
+        BitMapBackend::new(&png, SIZE).into_drawing_area(),
+        text,
+        series,
+    )?;
+    draw_lines(
+        SVGBackend::new(&svg, SIZE).into_drawing_area(),
+        text,
+        series,
+    )
 }
 
 /// Writes a scatter chart as `<stem>.png` and `<stem>.svg`.
-pub fn scatter_chart(stem: &Path, text: &ChartText, groups: &[ScatterGroup]) -> Result<(), PlotError> {
+pub fn scatter_chart(
+    stem: &Path,
+    text: &ChartText,
+    groups: &[ScatterGroup],
+) -> Result<(), PlotError> {
     fonts();
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
-    draw_scatter(BitMapBackend::new(&png, SIZE).into_drawing_area(), text, groups)?;
-    draw_scatter(SVGBackend::new(&svg, SIZE).into_drawing_area(), text, groups)
+    draw_scatter(
+        BitMapBackend::new(&png, SIZE).into_drawing_area(),
+        text,
+        groups,
+    )?;
+    draw_scatter(
+        SVGBackend::new(&svg, SIZE).into_drawing_area(),
+        text,
+        groups,
+    )
 }
 
 /// Least-squares (intercept, slope) of y on x; `None` with fewer than two distinct x.
 pub fn least_squares(points: &[(f64, f64)]) -> Option<(f64, f64)> {
-    let pts: Vec<&(f64, f64)> = points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+    let pts: Vec<&(f64, f64)> = points
+        .iter()
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect();
     let n = pts.len() as f64;
     if pts.len() < 2 {
         return None;
@@ -225,11 +293,17 @@ mod tests {
     #[test]
     fn figures_are_valid_non_empty_png_and_svg() {
         let dir = tempfile::tempdir().unwrap();
-        let text = ChartText { title: "Distance to the original".into(), x_label: "step".into(), y_label: "d0".into() };
+        let text = ChartText {
+            title: "Distance to the original".into(),
+            x_label: "step".into(),
+            y_label: "d0".into(),
+        };
         let series: Vec<Line> = (0..3)
             .map(|k| Line {
                 name: format!("method {k}"),
-                points: (0..20).map(|j| (j as f64, (j as f64 * 0.1 * (k + 1) as f64).sin())).collect(),
+                points: (0..20)
+                    .map(|j| (j as f64, (j as f64 * 0.1 * (k + 1) as f64).sin()))
+                    .collect(),
                 band: (0..20).map(|j| (j as f64, -0.1, 0.1)).collect(),
             })
             .collect();
@@ -239,10 +313,19 @@ mod tests {
         assert!(png.len() > 1000 && png.starts_with(b"\x89PNG\r\n\x1a\n"));
         let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("method 2") && svg.contains("</svg>"));
-        let groups = vec![ScatterGroup { name: "kmnist".into(), points: vec![(1.0, 2.0), (2.0, 3.5), (3.0, 4.1)], fit: least_squares(&[(1.0, 2.0), (2.0, 3.5), (3.0, 4.1)]) }];
+        let groups = vec![ScatterGroup {
+            name: "kmnist".into(),
+            points: vec![(1.0, 2.0), (2.0, 3.5), (3.0, 4.1)],
+            fit: least_squares(&[(1.0, 2.0), (2.0, 3.5), (3.0, 4.1)]),
+        }];
         let stem2 = dir.path().join("scatter");
         scatter_chart(&stem2, &text, &groups).unwrap();
-        assert!(std::fs::metadata(stem2.with_extension("png")).unwrap().len() > 1000);
+        assert!(
+            std::fs::metadata(stem2.with_extension("png"))
+                .unwrap()
+                .len()
+                > 1000
+        );
         let (a, b) = least_squares(&[(0.0, 1.0), (1.0, 3.0)]).unwrap();
         assert!((a - 1.0).abs() < 1e-12 && (b - 2.0).abs() < 1e-12);
     }

@@ -86,7 +86,9 @@ pub fn fisher_interval(r: f64, n: usize, level: f64) -> (f64, f64) {
         return (f64::NAN, f64::NAN);
     }
     let z = r.clamp(-0.999_999_999, 0.999_999_999).atanh();
-    let q = Normal::new(0.0, 1.0).unwrap().inverse_cdf(0.5 + level / 2.0);
+    let q = Normal::new(0.0, 1.0)
+        .unwrap()
+        .inverse_cdf(0.5 + level / 2.0);
     let se = 1.0 / ((n - 3) as f64).sqrt();
     ((z - q * se).tanh(), (z + q * se).tanh())
 }
@@ -107,7 +109,13 @@ pub fn pearson_p_value(r: f64, n: usize) -> f64 {
 
 /// Percentile bootstrap interval of Pearson's r: `resamples` resamples of the pairs (models) with
 /// replacement, seeded; resamples with a constant side are skipped.
-pub fn bootstrap_pearson(x: &[f64], y: &[f64], resamples: usize, level: f64, seed: u64) -> (f64, f64) {
+pub fn bootstrap_pearson(
+    x: &[f64],
+    y: &[f64],
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> (f64, f64) {
     let n = x.len();
     if n < 3 || resamples == 0 {
         return (f64::NAN, f64::NAN);
@@ -115,12 +123,59 @@ pub fn bootstrap_pearson(x: &[f64], y: &[f64], resamples: usize, level: f64, see
     let mut rs: Vec<f64> = (0..resamples)
         .into_par_iter()
         .map(|b| {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                seed ^ (b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             let (mut xs, mut ys) = (Vec::with_capacity(n), Vec::with_capacity(n));
             for _ in 0..n {
                 let i = rng.random_range(0..n);
                 xs.push(x[i]);
                 ys.push(y[i]);
+            }
+            pearson(&xs, &ys)
+        })
+        .filter(|r| r.is_finite())
+        .collect();
+    if rs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    rs.sort_by(f64::total_cmp);
+    let q = |p: f64| rs[((p * (rs.len() - 1) as f64).round() as usize).min(rs.len() - 1)];
+    (q((1.0 - level) / 2.0), q(1.0 - (1.0 - level) / 2.0))
+}
+
+/// Percentile bootstrap interval of Pearson's r resampling groups (models) with replacement: every
+/// pair of a drawn group enters, so pairs of one model across tasks stay together. Seeded.
+pub fn bootstrap_pearson_grouped(
+    x: &[f64],
+    y: &[f64],
+    groups: &[usize],
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> (f64, f64) {
+    let mut members: std::collections::BTreeMap<usize, Vec<usize>> =
+        std::collections::BTreeMap::new();
+    for (i, &g) in groups.iter().enumerate() {
+        members.entry(g).or_default().push(i);
+    }
+    let members: Vec<Vec<usize>> = members.into_values().collect();
+    let m = members.len();
+    if m < 3 || resamples == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut rs: Vec<f64> = (0..resamples)
+        .into_par_iter()
+        .map(|b| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                seed ^ (b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            let (mut xs, mut ys) = (Vec::with_capacity(x.len()), Vec::with_capacity(x.len()));
+            for _ in 0..m {
+                for &i in &members[rng.random_range(0..m)] {
+                    xs.push(x[i]);
+                    ys.push(y[i]);
+                }
             }
             pearson(&xs, &ys)
         })
@@ -185,10 +240,17 @@ mod tests {
         // r = 0.5, n = 28: z = 0.549306, se = 0.2: tanh(0.549306 -+ 0.391993) = tanh(0.157313),
         // tanh(0.941299) = (0.156029, 0.735818).
         let (lo, hi) = fisher_interval(0.5, 28, 0.95);
-        assert!(close(lo, 0.156_029, 1e-5) && close(hi, 0.735_818, 1e-5), "{lo} {hi}");
+        assert!(
+            close(lo, 0.156_029, 1e-5) && close(hi, 0.735_818, 1e-5),
+            "{lo} {hi}"
+        );
         // r = 0.5, n = 12: t = 0.5 sqrt(10/0.75) = 1.825742; two-sided p (df 10) = I_0.75(5, 1/2)
         // = 0.097855 (numerical integration of the beta density).
-        assert!(close(pearson_p_value(0.5, 12), 0.097_855, 1e-5), "{}", pearson_p_value(0.5, 12));
+        assert!(
+            close(pearson_p_value(0.5, 12), 0.097_855, 1e-5),
+            "{}",
+            pearson_p_value(0.5, 12)
+        );
     }
 
     #[test]
@@ -203,7 +265,11 @@ mod tests {
 
     #[test]
     fn granulated_kendall_averages_groups() {
-        let groups = vec![vec![(1.0, 1.0), (2.0, 2.0)], vec![(1.0, 2.0), (2.0, 1.0)], vec![(5.0, 5.0)]];
+        let groups = vec![
+            vec![(1.0, 1.0), (2.0, 2.0)],
+            vec![(1.0, 2.0), (2.0, 1.0)],
+            vec![(5.0, 5.0)],
+        ];
         assert_eq!(granulated_kendall(&groups), (0.0, 2));
     }
 }

@@ -243,11 +243,7 @@ fn epilogue<T: Real>(y: &mut [T], hw: usize, bias: Option<&[T]>, relu: bool) {
         let b = bias.map_or(T::zero(), |b| b[c]);
         for v in plane.iter_mut() {
             let z = *v + b;
-            *v = if relu && z <= T::zero() {
-                T::zero()
-            } else {
-                z
-            };
+            *v = if relu && z <= T::zero() { T::zero() } else { z };
         }
     }
 }
@@ -454,11 +450,7 @@ pub fn linear_forward<T: Real>(
         y.par_chunks_mut(d_out).for_each(|row| {
             for (k, v) in row.iter_mut().enumerate() {
                 let z = *v + b.map_or(T::zero(), |b| b[k]);
-                *v = if relu && z <= T::zero() {
-                    T::zero()
-                } else {
-                    z
-                };
+                *v = if relu && z <= T::zero() { T::zero() } else { z };
             }
         });
     }

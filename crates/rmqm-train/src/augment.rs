@@ -327,7 +327,12 @@ mod tests {
         // Many random views: never a NaN.
         let aug = Augmentation::for_images(1);
         for id in 0..2000 {
-            assert!(augment_image(aug, &img, 1, 28, 28, (0, 0, id, 0)).iter().all(|v| v.is_finite()), "view {id}");
+            assert!(
+                augment_image(aug, &img, 1, 28, 28, (0, 0, id, 0))
+                    .iter()
+                    .all(|v| v.is_finite()),
+                "view {id}"
+            );
         }
     }
 

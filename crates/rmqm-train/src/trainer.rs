@@ -158,7 +158,10 @@ pub fn train(
                 // A non-finite gradient would poison the weights silently: stop with a clear error.
                 for (g, var) in acc.iter().zip(&vars) {
                     if let Some(g) = g {
-                        let total = g.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                        let total = g
+                            .sum_all()?
+                            .to_dtype(candle_core::DType::F64)?
+                            .to_scalar::<f64>()?;
                         if !total.is_finite() {
                             candle_core::bail!(
                                 "non-finite gradient for a {:?} parameter at epoch {epoch}, step {step}",

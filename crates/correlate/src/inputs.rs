@@ -1,0 +1,197 @@
+//! Reading stats summaries, probe results and curves into rows, with errors naming the file.
+
+use anyhow::{Context, Result, bail};
+use rmqm_artifacts::{Input, Table, read_table};
+use rmqm_correlate::{ProbeRow, StatsRow};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Expands arguments that are glob patterns (when no file has that exact name); keeps order.
+pub fn expand(args: &[String]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for a in args {
+        let p = PathBuf::from(a);
+        if p.exists() || !a.contains(['*', '?', '[']) {
+            out.push(p);
+            continue;
+        }
+        let mut matched: Vec<PathBuf> = glob::glob(a)
+            .with_context(|| format!("bad pattern {a:?}"))?
+            .filter_map(|r| r.ok())
+            .collect();
+        if matched.is_empty() {
+            bail!("{a}: no file matches");
+        }
+        matched.sort();
+        out.extend(matched);
+    }
+    Ok(out)
+}
+
+fn column<'a>(t: &'a Table, name: &str, path: &PathBuf) -> Result<&'a rmqm_artifacts::Column> {
+    t.get(name)
+        .with_context(|| format!("{}: no column {name:?}", path.display()))
+}
+
+fn strings(t: &Table, name: &str, path: &PathBuf) -> Result<Vec<String>> {
+    column(t, name, path)?;
+    Ok(t.strings(name).unwrap())
+}
+
+fn floats(t: &Table, name: &str, path: &PathBuf) -> Result<Vec<f64>> {
+    column(t, name, path)?;
+    t.f64s(name)
+        .with_context(|| format!("{}: column {name:?} is not numeric", path.display()))
+}
+
+/// The metrics a stats row carries into the correlations (the peer metrics when present).
+pub const METRICS: [&str; 7] = [
+    "RMQM",
+    "D",
+    "inv_D_RC",
+    "inv_P_RC",
+    "RMQM_weighted",
+    "rankme",
+    "alpha_req",
+];
+
+/// Stats rows (label "all") of every file; a model twice under the same alteration and convention is an error.
+pub fn read_stats(paths: &[PathBuf]) -> Result<Vec<StatsRow>> {
+    let mut rows = Vec::new();
+    let mut seen: BTreeMap<(String, String, String), PathBuf> = BTreeMap::new();
+    for path in paths {
+        let (t, _) = read_table(&Input::Path(path.clone()))?;
+        let n = t.rows();
+        let model = strings(&t, "model", path)?;
+        let method = strings(&t, "method", path)?;
+        let dim = floats(&t, "dim", path)?;
+        let optimizer = strings(&t, "optimizer", path)?;
+        let epochs = t.f64s("epochs").unwrap_or_else(|| vec![-1.0; n]);
+        let alteration = strings(&t, "alteration", path)?;
+        let convention = strings(&t, "convention", path)?;
+        let label = strings(&t, "label", path)?;
+        let mut metric_values = BTreeMap::new();
+        for m in METRICS.iter().chain(["D_RC", "P_RC"].iter()) {
+            match t.f64s(m) {
+                Some(v) => {
+                    metric_values.insert(m.to_string(), v);
+                }
+                None if matches!(*m, "rankme" | "alpha_req") => {}
+                None => bail!(
+                    "{}: no column {m:?}: not a manifold-stats summary",
+                    path.display()
+                ),
+            }
+        }
+        for i in 0..n {
+            if label[i] != "all" {
+                continue;
+            }
+            let key = (
+                model[i].clone(),
+                alteration[i].clone(),
+                convention[i].clone(),
+            );
+            if let Some(first) = seen.insert(key.clone(), path.clone()) {
+                bail!(
+                    "model {} appears twice for {}/{} ({} and {})",
+                    key.0,
+                    key.1,
+                    key.2,
+                    first.display(),
+                    path.display()
+                );
+            }
+            rows.push(StatsRow {
+                model: model[i].clone(),
+                method: method[i].clone(),
+                dim: dim[i] as i64,
+                optimizer: optimizer[i].clone(),
+                epochs: epochs[i] as i64,
+                alteration: alteration[i].clone(),
+                convention: convention[i].clone(),
+                metrics: metric_values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v[i]))
+                    .collect(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Probe rows of every file; tasks named `knn-<k>` (plus `-euclidean` for raw distances) or `linear`.
+pub fn read_probes(paths: &[PathBuf]) -> Result<Vec<ProbeRow>> {
+    let mut rows = Vec::new();
+    for path in paths {
+        let (t, _) = read_table(&Input::Path(path.clone()))?;
+        let model = strings(&t, "model", path)?;
+        let downstream = strings(&t, "downstream", path)?;
+        let task = strings(&t, "task", path)?;
+        let k = floats(&t, "k", path)?;
+        let metric = strings(&t, "metric", path)?;
+        let accuracy = floats(&t, "accuracy", path)?;
+        for i in 0..t.rows() {
+            let name = match task[i].as_str() {
+                "knn" if metric[i] == "cosine" => format!("knn-{}", k[i] as i64),
+                "knn" => format!("knn-{}-{}", k[i] as i64, metric[i]),
+                other => other.to_string(),
+            };
+            rows.push(ProbeRow {
+                model: model[i].clone(),
+                downstream: downstream[i].clone(),
+                task: name,
+                accuracy: accuracy[i],
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// One model's curves under one alteration.
+#[derive(Debug, Clone)]
+pub struct Curve {
+    /// Method.
+    pub method: String,
+    /// Epochs (0 = random init).
+    pub epochs: i64,
+    /// Embedding dimension.
+    pub dim: i64,
+    /// Alteration.
+    pub alteration: String,
+    /// Steps.
+    pub step: Vec<f64>,
+    /// Column name -> values per step (d0_mean, d0_se, rc0_mean, ...).
+    pub values: BTreeMap<String, Vec<f64>>,
+}
+
+/// Curves files (from manifold-stats --curves).
+pub fn read_curves(paths: &[PathBuf]) -> Result<Vec<Curve>> {
+    let mut out = Vec::new();
+    for path in paths {
+        let (t, _) = read_table(&Input::Path(path.clone()))?;
+        let model = strings(&t, "model", path)?;
+        if model.is_empty() {
+            continue;
+        }
+        let method = strings(&t, "method", path)?;
+        let alteration = strings(&t, "alteration", path)?;
+        let dim = floats(&t, "dim", path)?;
+        let epochs = t.f64s("epochs").unwrap_or_else(|| vec![-1.0; t.rows()]);
+        let mut values = BTreeMap::new();
+        for c in [
+            "d0_mean", "d0_se", "dp_mean", "dp_se", "rc0_mean", "rc0_se", "rcp_mean", "rcp_se",
+        ] {
+            values.insert(c.to_string(), floats(&t, c, path)?);
+        }
+        out.push(Curve {
+            method: method[0].clone(),
+            epochs: epochs[0] as i64,
+            dim: dim[0] as i64,
+            alteration: alteration[0].clone(),
+            step: floats(&t, "step", path)?,
+            values,
+        });
+    }
+    Ok(out)
+}
