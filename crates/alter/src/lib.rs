@@ -71,6 +71,9 @@ pub struct Args {
     /// Only these image ids (indices in the split's source order), comma separated.
     #[arg(long, value_delimiter = ',')]
     pub ids: Vec<u32>,
+    /// Only images of these classes (labels kept), comma separated; applied before --limit.
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Vec<i32>,
     /// J, the number of steps after the clean image (default 100 for noise, 30 for PGD).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -114,8 +117,16 @@ pub fn run(args: Vec<String>) -> Result<()> {
     run_with(args, Stdio::default())
 }
 
-/// Selects images by --ids (every id must exist) or --limit.
-fn select(set: ImageSet, ids: &[u32], limit: Option<usize>) -> Result<ImageSet> {
+/// Selects images by --ids (every id must exist), --classes, then --limit.
+fn select(set: ImageSet, ids: &[u32], classes: &[i32], limit: Option<usize>) -> Result<ImageSet> {
+    let set = if classes.is_empty() {
+        set
+    } else {
+        let keep: Vec<usize> = (0..set.len())
+            .filter(|&i| classes.contains(&set.labels[i]))
+            .collect();
+        set.select(&keep)
+    };
     let mut set = if ids.is_empty() {
         set
     } else {
@@ -157,6 +168,7 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     let set = select(
         load(args.dataset, &data_dir, &split, &LoadOptions::default())?,
         &args.ids,
+        &args.classes,
         args.limit,
     )?;
     if set.is_empty() {

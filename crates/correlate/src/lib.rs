@@ -64,7 +64,7 @@ pub struct Args {
     /// Leave (downstream/task) out of pooled correlations, e.g. omniglot/linear (as the paper did).
     #[arg(long)]
     pub exclude_task: Vec<String>,
-    /// Skip the leave-one-model-out refits (slow for large grids).
+    /// Skip the leave-one-model-out refits of the fitted weights.
     #[arg(long)]
     pub no_loo: bool,
     /// Worker threads (0 = one per core).
@@ -420,7 +420,7 @@ pub fn run(argv: Vec<String>) -> Result<()> {
     write_both(
         dir,
         "fitted_weights",
-        "Fitted weights of eq. 6 (non-negative, maximising Pearson r)",
+        "Fitted weights of eq. 6 (each in [0, 1], maximising Pearson r)",
         &wt,
         &prov,
     )?;

@@ -1,5 +1,5 @@
 //! The RMQM ablation (appendix A) and fitted weights (eq. 6): which of D, 1/D_RC and 1/P_RC carry
-//! the correlation, and the non-negative weights that maximise Pearson's r, with a leave-one-model-out
+//! the correlation, and the weights in [0, 1] that maximise Pearson's r, with a leave-one-model-out
 //! check so that overfitting shows.
 
 use crate::stats::pearson;
@@ -113,9 +113,14 @@ fn nelder_mead(
     simplex[0]
 }
 
-/// Non-negative weights (w = theta^2) maximising Pearson's r of the weighted RMQM with
+/// Weights in [0, 1] (w = sin^2 theta) maximising Pearson's r of the weighted RMQM with
 /// `performance`, best of several Nelder-Mead starts (among them the paper's 0.95, 0.74, 0.11).
 /// Returns (weights, r).
+///
+/// The bound matters: r is unchanged by the scale of w only in the limits, so an unbounded fit
+/// runs off to w -> infinity (where ln(1 + w.x) becomes ln(w.x) plus a constant) or to w -> 0
+/// (where it becomes linear in w.x). Bounding each weight by 1, the unweighted RMQM's value, keeps
+/// the fit an answer to the paper's question: how much of each term to keep.
 pub fn fit_weights(t: &Terms, performance: &[f64]) -> ([f64; 3], f64) {
     let starts: [[f64; 3]; 7] = [
         [0.95, 0.74, 0.11],
@@ -142,7 +147,11 @@ pub fn fit_weights_from(t: &Terms, performance: &[f64], starts: &[[f64; 3]]) -> 
     };
     let mut best = ([1.0, 1.0, 1.0], f64::INFINITY);
     for s in starts {
-        let theta0 = [s[0].sqrt(), s[1].sqrt(), s[2].sqrt()];
+        let theta0 = [
+            s[0].clamp(0.0, 1.0).sqrt().asin(),
+            s[1].clamp(0.0, 1.0).sqrt().asin(),
+            s[2].clamp(0.0, 1.0).sqrt().asin(),
+        ];
         let mut result = nelder_mead(&objective, theta0, 0.2, 1500);
         // A restart from the optimum refines a collapsed simplex.
         result = nelder_mead(&objective, result.0, 0.02, 1500);

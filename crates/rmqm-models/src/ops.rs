@@ -480,6 +480,19 @@ impl CustomOp3 for LinearOp {
     }
 }
 
+static CANDLE_DEFAULT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Routes convolution, pooling and dense layers through candle's own ops instead of these kernels,
+/// so benchmarks can compare the two on the same models. (candle's `max_pool2d` backward is wrong
+/// in 0.11.1: use this for timing only.)
+pub fn use_candle_default_ops(on: bool) {
+    CANDLE_DEFAULT.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn candle_default() -> bool {
+    CANDLE_DEFAULT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Convolution of `x` with `w` (and `b`), fused ReLU if `relu`.
 pub fn conv2d(
     x: &Tensor,
@@ -489,6 +502,13 @@ pub fn conv2d(
     padding: usize,
     relu: bool,
 ) -> Result<Tensor> {
+    if candle_default() {
+        let mut y = x.conv2d(w, padding, stride, 1, 1)?;
+        if let Some(b) = b {
+            y = y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?;
+        }
+        return if relu { y.relu() } else { Ok(y) };
+    }
     let op = Conv2dOp {
         stride,
         padding,
@@ -503,11 +523,21 @@ pub fn conv2d(
 
 /// 2x2 max pooling, stride 2.
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    if candle_default() {
+        return x.max_pool2d(2);
+    }
     x.contiguous()?.apply_op1(MaxPool2x2)
 }
 
 /// Dense layer `x w^T (+ b)`, fused ReLU if `relu`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    if candle_default() {
+        let mut y = x.matmul(&w.t()?)?;
+        if let Some(b) = b {
+            y = y.broadcast_add(b)?;
+        }
+        return if relu { y.relu() } else { Ok(y) };
+    }
     let op = LinearOp { relu };
     let x = x.contiguous()?;
     match b {

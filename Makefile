@@ -1,0 +1,57 @@
+# rmqm: measure representation-manifold quality and whether it predicts transfer.
+#
+#   make demo            the embedded default: offline, about 3 minutes after the build
+#   make test            the test suite (what CI runs)
+#   make paper-mnist     LeNet-5 on MNIST, the paper's grid (DATA_DIR=... or make data first)
+#   make paper-cifar     ResNet-18 on CIFAR-10
+#   make paper           both
+#   make bench           every stage's benchmark in one table
+#   make data            download the datasets (with checksums) into DATA_DIR
+#
+# Grid variables (paper-*): METHODS DIMS OPTIMIZERS EPOCHS N_TEST SEEDS DATA_DIR OUT.
+# Reruns make only what is missing or out of date; `make -j2` is safe.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+.DELETE_ON_ERROR:
+.SECONDARY:
+.SUFFIXES:
+
+PROFILE ?= release
+THREADS ?= 0
+OUT ?= out
+DATA_DIR ?= data
+CARGO ?= cargo
+BIN := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
+BUILD_STAMP := build
+
+METHODS ?= cross-entropy triplet-entropy triplet-supervised triplet-ss ntxent
+DIMS ?= 16 32 64 128 256 512
+OPTIMIZERS ?= sgd adam
+SEEDS ?= 0
+N_TEST ?= 10000
+
+.PHONY: all build test lint bench data demo demo-ci paper paper-mnist paper-cifar clean-demo help
+all: help
+
+help:
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+
+build:
+	$(CARGO) build --profile $(PROFILE) --workspace --bins
+
+test:
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+include pipelines/grid.mk
+include pipelines/demo.mk
+include pipelines/paper-mnist.mk
+include pipelines/paper-cifar.mk
+include pipelines/bench.mk
+include pipelines/data.mk
+
+paper: paper-mnist paper-cifar

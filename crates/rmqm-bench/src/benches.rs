@@ -1,0 +1,445 @@
+//! The benchmarks. Model benchmarks time our custom ops and candle's default ops on the same model
+//! (the reference column); stream benchmarks run at the paper's workload sizes.
+
+use crate::Measure;
+use anyhow::{Result, bail};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use rmqm_artifacts::{
+    Input, Output, Provenance, VectorBatchBuilder, VectorKind, VectorReader, VectorWriter, keys,
+};
+use rmqm_models::{Arch, Encoder, Method, ModelConfig, OptimizerKind, dataset_normalisation, ops};
+use rmqm_train::{Adam, Augmentation, BatchInput, Optimizer, augment_batch, method_loss};
+use std::path::Path;
+use std::time::Instant;
+
+/// Every benchmark, in the order `make bench` runs them.
+pub const NAMES: &[&str] = &[
+    "lenet5-forward",
+    "lenet5-pgd",
+    "lenet5-train-cross-entropy",
+    "lenet5-train-triplet-entropy",
+    "lenet5-train-triplet-supervised",
+    "lenet5-train-triplet-ss",
+    "lenet5-train-ntxent",
+    "lenet5-classic-forward",
+    "lenet5-classic-pgd",
+    "lenet5-classic-train-cross-entropy",
+    "resnet18-forward",
+    "resnet18-pgd",
+    "resnet18-train-cross-entropy",
+    "alter-noise",
+    "manifold-stats-decode",
+    "manifold-stats",
+    "probe-knn",
+    "probe-linear",
+];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn config(arch: Arch, method: Method) -> ModelConfig {
+    let (c, side, dataset) = if arch == Arch::Resnet18 {
+        (3, 32, "cifar10")
+    } else {
+        (1, 28, "mnist")
+    };
+    let (mean, std) = dataset_normalisation(dataset, c);
+    ModelConfig {
+        model_id: "bench".into(),
+        arch,
+        method,
+        dim: 128,
+        optimizer: OptimizerKind::Adam,
+        dataset: dataset.into(),
+        epochs: 0,
+        seed: 0,
+        channels: c,
+        height: side,
+        width: side,
+        mean,
+        std,
+        classes: 10,
+        batch_size: 256,
+        accumulate: 1,
+        learning_rate: 1e-3,
+        temperature: 0.07,
+        margin: 0.5,
+    }
+}
+
+fn pixels(n: usize, size: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n * size).map(|_| rng.random::<f32>()).collect()
+}
+
+/// Median images/s of `iteration` (which processes `batch` images), after one warm-up.
+fn images_per_second(
+    batch: usize,
+    repeats: usize,
+    mut iteration: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    iteration()?;
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        iteration()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(batch as f64 / median(times))
+}
+
+/// forward, pgd or train-<method> on `arch`; with candle's default ops when `candle`.
+fn model_bench(arch: Arch, kind: &str, candle: bool, repeats: usize) -> Result<f64> {
+    ops::use_candle_default_ops(candle);
+    let batch = if arch == Arch::Resnet18 { 128 } else { 256 };
+    let method = match kind.strip_prefix("train-") {
+        Some(m) => m.parse::<Method>().map_err(anyhow::Error::msg)?,
+        None => Method::CrossEntropy,
+    };
+    let cfg = config(arch, method);
+    let (c, h, w) = (cfg.channels, cfg.height, cfg.width);
+    let size = c * h * w;
+    let device = Device::Cpu;
+    let x = pixels(batch, size, 1);
+    let labels: Vec<i64> = (0..batch).map(|i| (i % 10) as i64).collect();
+    let xt = Tensor::from_vec(x.clone(), (batch, c, h, w), &device)?;
+    let result = match kind {
+        "forward" => {
+            let model = Encoder::init(cfg, DType::F32, &device, false)?;
+            images_per_second(batch, repeats, || {
+                let e = model.embed(&xt, false)?;
+                e.flatten_all()?.sum_all()?.to_scalar::<f32>()?;
+                Ok(())
+            })?
+        }
+        "pgd" => {
+            // One PGD step: forward, the model's loss, gradient to the input only, sign update.
+            let model = Encoder::init(cfg, DType::F32, &device, false)?;
+            let y = Tensor::new(
+                labels.iter().map(|&l| l as u32).collect::<Vec<_>>(),
+                &device,
+            )?;
+            images_per_second(batch, repeats, || {
+                let v = Var::from_tensor(&xt)?;
+                let e = model.embed(v.as_tensor(), false)?;
+                let loss = rmqm_train::cross_entropy(&model.logits(&e)?.unwrap(), &y)?;
+                let g = loss.backward()?;
+                let step = g.get(v.as_tensor()).unwrap().sign()?;
+                (v.as_tensor() + (step * (2.0 / 255.0))?)?
+                    .clamp(0.0, 1.0)?
+                    .sum_all()?
+                    .to_scalar::<f32>()?;
+                Ok(())
+            })?
+        }
+        _ => {
+            let model = Encoder::init(cfg, DType::F32, &device, true)?;
+            let mut opt = Adam::new(model.vars().to_vec(), 1e-3);
+            let aug = Augmentation::for_images(c);
+            let imgs: Vec<&[f32]> = x.chunks(size).collect();
+            let ids: Vec<u32> = (0..batch as u32).collect();
+            let mut epoch = 0u64;
+            images_per_second(batch, repeats, || {
+                epoch += 1;
+                let loss = if method.uses_views() {
+                    let v1 = Tensor::from_vec(
+                        augment_batch(aug, &imgs, &ids, c, h, w, 0, epoch, 0),
+                        (batch, c, h, w),
+                        &device,
+                    )?;
+                    let v2 = Tensor::from_vec(
+                        augment_batch(aug, &imgs, &ids, c, h, w, 0, epoch, 1),
+                        (batch, c, h, w),
+                        &device,
+                    )?;
+                    method_loss(
+                        &model,
+                        method,
+                        &BatchInput::Views {
+                            first: &v1,
+                            second: &v2,
+                        },
+                        true,
+                    )?
+                } else {
+                    method_loss(
+                        &model,
+                        method,
+                        &BatchInput::Labelled {
+                            images: &xt,
+                            labels: &labels,
+                        },
+                        true,
+                    )?
+                };
+                let grads = loss.backward()?;
+                let g: Vec<Option<Tensor>> = model
+                    .vars()
+                    .iter()
+                    .map(|v| grads.get(v.as_tensor()).cloned())
+                    .collect();
+                opt.step(&g)?;
+                Ok(())
+            })?
+        }
+    };
+    ops::use_candle_default_ops(false);
+    Ok(result)
+}
+
+/// The trajectory file of the manifold-stats benchmark: 10,000 images x 101 steps x 512 dims,
+/// random walks; written once and kept in `out`.
+fn trajectory_file(out: &Path) -> Result<std::path::PathBuf> {
+    let path = out.join("traj-10000x101x512.parquet");
+    if path.exists() {
+        return Ok(path);
+    }
+    let (images, steps, dim) = (10_000u32, 100u16, 512usize);
+    let prov = Provenance::new()
+        .with(keys::KIND, "trajectories")
+        .with(keys::MODEL, "bench")
+        .with(keys::DIM, dim)
+        .with(keys::STEPS, steps);
+    let mut w = VectorWriter::create(
+        &Output::Path(path.clone()),
+        VectorKind::Embedding,
+        dim,
+        &prov,
+    )?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for chunk in 0..images / 100 {
+        let mut b = VectorBatchBuilder::new(dim, 100 * 101);
+        for i in 0..100 {
+            let id = chunk * 100 + i;
+            let mut e: Vec<f32> = (0..dim).map(|_| StandardNormal.sample(&mut rng)).collect();
+            for s in 0..=steps {
+                b.push(id, (id % 10) as i32, s, s as f32 / 100.0, &e);
+                for v in e.iter_mut() {
+                    let z: f32 = StandardNormal.sample(&mut rng);
+                    *v += 0.05 * z;
+                }
+            }
+        }
+        w.write(&b.finish())?;
+    }
+    w.finish()?;
+    Ok(path)
+}
+
+/// Runs benchmark `name`.
+pub fn run(name: &str, out: &Path, repeats: usize) -> Result<Vec<Measure>> {
+    let m = |stage: &str, workload: String, value: f64, unit: &str, reference: f64, label: &str| {
+        Measure {
+            stage: stage.into(),
+            name: name.into(),
+            workload,
+            value,
+            unit: unit.into(),
+            reference,
+            reference_label: label.into(),
+        }
+    };
+    for (prefix, arch) in [
+        ("lenet5-classic-", Arch::Lenet5Classic),
+        ("lenet5-", Arch::Lenet5),
+        ("resnet18-", Arch::Resnet18),
+    ] {
+        if let Some(kind) = name.strip_prefix(prefix) {
+            let batch = if arch == Arch::Resnet18 { 128 } else { 256 };
+            let reps = if arch == Arch::Resnet18 {
+                repeats.min(3)
+            } else {
+                repeats
+            };
+            let ours = model_bench(arch, kind, false, reps)?;
+            let with_reference = matches!(kind, "forward" | "pgd" | "train-cross-entropy");
+            let reference = if with_reference {
+                model_bench(arch, kind, true, reps)?
+            } else {
+                f64::NAN
+            };
+            let stage = match kind {
+                "forward" => "embed",
+                "pgd" => "alter (pgd)",
+                _ => "train",
+            };
+            return Ok(vec![m(
+                stage,
+                format!("{arch} {kind}, batch {batch}"),
+                ours,
+                "images/s",
+                reference,
+                "candle default ops",
+            )]);
+        }
+    }
+    match name {
+        "alter-noise" => {
+            let (n, steps) = (1000usize, 100usize);
+            let imgs = pixels(n, 784, 3);
+            let cfg = rmqm_alter::NoiseConfig {
+                steps,
+                eps_max: 1.0,
+                direction: rmqm_alter::NoiseDirection::Fresh,
+                seed: 0,
+            };
+            let path = out.join("alter-noise.parquet");
+            let prov = Provenance::new()
+                .with(keys::CHANNELS, 1)
+                .with(keys::HEIGHT, 28)
+                .with(keys::WIDTH, 28);
+            let mut times = Vec::new();
+            for _ in 0..repeats.min(3) {
+                let t = Instant::now();
+                let mut w = VectorWriter::create(
+                    &Output::Path(path.clone()),
+                    VectorKind::Pixels,
+                    784,
+                    &prov,
+                )?;
+                for start in (0..n).step_by(256) {
+                    let end = (start + 256).min(n);
+                    use rayon::prelude::*;
+                    let rows: Vec<Vec<Vec<f32>>> = (start..end)
+                        .into_par_iter()
+                        .map(|i| {
+                            (0..=steps)
+                                .map(|j| {
+                                    rmqm_alter::noise_image(
+                                        &imgs[i * 784..(i + 1) * 784],
+                                        i as u32,
+                                        j,
+                                        &cfg,
+                                    )
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    let mut b = VectorBatchBuilder::new(784, (end - start) * (steps + 1));
+                    for (k, r) in rows.iter().enumerate() {
+                        for (j, row) in r.iter().enumerate() {
+                            b.push((start + k) as u32, 0, j as u16, cfg.epsilon(j) as f32, row);
+                        }
+                    }
+                    w.write(&b.finish())?;
+                }
+                w.finish()?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+            std::fs::remove_file(&path).ok();
+            let s = median(times);
+            Ok(vec![m(
+                "alter (noise)",
+                "1,000 MNIST-size images x 101 steps, to Parquet".into(),
+                n as f64 / s,
+                "images/s",
+                (n * (steps + 1)) as f64 / s,
+                "rows/s",
+            )])
+        }
+        "manifold-stats-decode" | "manifold-stats" => {
+            let path = trajectory_file(out)?;
+            let rows = 10_000.0 * 101.0;
+            let mb = rows * 512.0 * 4.0 / 1e6;
+            let t = Instant::now();
+            if name == "manifold-stats-decode" {
+                let mut r = VectorReader::open(&Input::Path(path), VectorKind::Embedding, 8192)?;
+                let mut n = 0usize;
+                while let Some(b) = r.next_batch()? {
+                    n += b.len();
+                }
+                if n != rows as usize {
+                    bail!("read {n} rows");
+                }
+                let s = t.elapsed().as_secs_f64();
+                Ok(vec![m(
+                    "manifold-stats",
+                    format!("decode only, 10,000 x 101 x 512 ({mb:.0} MB of floats)"),
+                    rows / s,
+                    "rows/s",
+                    mb / s,
+                    "MB/s",
+                )])
+            } else {
+                let summary = out.join("bench-stats.parquet");
+                let argv: Vec<String> = [
+                    "manifold-stats",
+                    path.to_str().unwrap(),
+                    "-o",
+                    summary.to_str().unwrap(),
+                    "--convention",
+                    "both",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                manifold_stats_tool::run_outcome(argv, rmqm_cli::Stdio::default())?;
+                let s = t.elapsed().as_secs_f64();
+                Ok(vec![m(
+                    "manifold-stats",
+                    format!("10,000 images x 101 steps x 512 dims ({mb:.0} MB of floats)"),
+                    rows / s,
+                    "rows/s",
+                    mb / s,
+                    "MB/s",
+                )])
+            }
+        }
+        "probe-knn" => {
+            let (ng, nq, dim) = (8000, 2000, 512);
+            let g = pixels(ng, dim, 5);
+            let q = pixels(nq, dim, 6);
+            let labels: Vec<i32> = (0..ng).map(|i| (i % 100) as i32).collect();
+            let mut times = Vec::new();
+            for _ in 0..repeats {
+                let t = Instant::now();
+                rmqm_probe::knn_predict(&g, &labels, &q, dim, 1, rmqm_probe::Metric::Cosine)?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+            let s = median(times);
+            Ok(vec![m(
+                "probe",
+                "1-NN, 8,000 gallery x 2,000 queries x 512 dims".into(),
+                nq as f64 / s,
+                "queries/s",
+                s,
+                "seconds",
+            )])
+        }
+        "probe-linear" => {
+            let (n, dim, classes) = (15_000, 512, 964);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+            let centres: Vec<f32> = (0..classes * dim)
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect();
+            let labels: Vec<i32> = (0..n).map(|i| (i % classes) as i32).collect();
+            let mut x = Vec::with_capacity(n * dim);
+            for &l in &labels {
+                let c = l as usize;
+                for k in 0..dim {
+                    let z: f32 = StandardNormal.sample(&mut rng);
+                    x.push(centres[c * dim + k] * 0.3 + z);
+                }
+            }
+            let t = Instant::now();
+            let (_, report) = rmqm_probe::fit_linear_probe(&x, &labels, dim, &Default::default())?;
+            let s = t.elapsed().as_secs_f64();
+            Ok(vec![m(
+                "probe",
+                format!(
+                    "linear probe, 15,000 x 512, 964 classes (lambda {:e}, {} final iterations)",
+                    report.lambda, report.iterations
+                ),
+                s,
+                "seconds",
+                f64::NAN,
+                "",
+            )])
+        }
+        _ => bail!("unknown benchmark {name}; known: {}", NAMES.join(", ")),
+    }
+}

@@ -1,0 +1,29 @@
+# make paper-cifar: ResNet-18 on CIFAR-10, probes on CIFAR-100 and Caltech-101. CIFAR-10 is not in
+# ../shared/data: run `make data` (online) or point DATA_DIR at a copy.
+
+CIFAR_OUT ?= $(OUT)/paper-cifar
+CIFAR_DATA_DIR ?= $(DATA_DIR)
+CIFAR_DATASET := cifar10
+CIFAR_TRAIN_ARGS := --split train --arch resnet18
+CIFAR_TEST_SPLIT := test
+CIFAR_ALTER_ARGS :=
+CIFAR_METHODS ?= $(METHODS)
+CIFAR_DIMS ?= $(DIMS)
+CIFAR_OPTIMIZERS ?= $(OPTIMIZERS)
+CIFAR_SEEDS ?= $(SEEDS)
+CIFAR_EPOCHS ?= $(or $(EPOCHS),100)
+CIFAR_N_TEST ?= $(N_TEST)
+CIFAR_NOISE_STEPS ?= 100
+CIFAR_PGD_STEPS ?= 30
+CIFAR_NOISE_SEED ?= 0
+CIFAR_ALTERATIONS := noise pgd
+CIFAR_DOWNSTREAM := cifar100 caltech101
+CIFAR_DS_cifar100_EMBED := --dataset cifar100 --split test
+CIFAR_DS_cifar100_PROBE := --split 0.8 --seed 0 --knn 1,5 --linear
+CIFAR_DS_caltech101_EMBED := --dataset caltech101 --split all
+CIFAR_DS_caltech101_PROBE := --split 0.8 --seed 0 --knn 1,5 --linear
+CIFAR_CORRELATE_ARGS ?=
+CIFAR_ESTIMATE ?= ResNet-18 training on 2 CPU cores takes days per encoder at 100 epochs: use a GPU build or EPOCHS
+$(eval $(call GRID,CIFAR))
+
+paper-cifar: build CIFAR

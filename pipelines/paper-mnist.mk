@@ -1,0 +1,32 @@
+# make paper-mnist: LeNet-5 on MNIST, 5 methods x 6 dims x 2 optimizers + random-init baselines,
+# noise and PGD walks of N_TEST test images, probes on KMNIST, Omniglot and Fashion-MNIST.
+
+MNIST_OUT ?= $(OUT)/paper-mnist
+MNIST_DATA_DIR ?= $(DATA_DIR)
+MNIST_DATASET := mnist
+MNIST_TRAIN_ARGS := --split train --arch lenet5
+MNIST_TEST_SPLIT := test
+MNIST_ALTER_ARGS :=
+MNIST_METHODS ?= $(METHODS)
+MNIST_DIMS ?= $(DIMS)
+MNIST_OPTIMIZERS ?= $(OPTIMIZERS)
+MNIST_SEEDS ?= $(SEEDS)
+MNIST_EPOCHS ?= $(or $(EPOCHS),7)
+MNIST_N_TEST ?= $(N_TEST)
+MNIST_NOISE_STEPS ?= 100
+MNIST_PGD_STEPS ?= 30
+MNIST_NOISE_SEED ?= 0
+MNIST_ALTERATIONS := noise pgd
+MNIST_DOWNSTREAM := kmnist omniglot fashion
+MNIST_DS_kmnist_EMBED := --dataset kmnist --split test
+MNIST_DS_kmnist_PROBE := --split 0.8 --seed 0 --knn 1,5 --linear
+MNIST_DS_omniglot_EMBED := --dataset omniglot --split background
+# The paper leaves the Omniglot linear probe out (964 classes of 16 drawings: too hard to probe).
+MNIST_DS_omniglot_PROBE := --split 0.8 --seed 0 --knn 1,5
+MNIST_DS_fashion_EMBED := --dataset fashion-mnist --split test
+MNIST_DS_fashion_PROBE := --split 0.8 --seed 0 --knn 1,5 --linear
+MNIST_CORRELATE_ARGS ?=
+MNIST_ESTIMATE ?= see README (Reproducing the paper) for measured stage times
+$(eval $(call GRID,MNIST))
+
+paper-mnist: build MNIST
