@@ -124,34 +124,33 @@ fn nelder_mead(
 pub fn fit_weights(t: &Terms, performance: &[f64]) -> ([f64; 3], f64) {
     let starts: [[f64; 3]; 7] = [
         [0.95, 0.74, 0.11],
-        [1.0, 1.0, 1.0],
-        [1.0, 0.1, 0.1],
-        [0.1, 1.0, 0.1],
+        [0.9, 0.9, 0.9],
+        [0.9, 0.1, 0.1],
+        [0.1, 0.9, 0.1],
         [0.1, 0.1, 1.0],
         [0.3, 0.3, 0.3],
-        [3.0, 3.0, 3.0],
+        [0.01, 0.01, 0.01],
     ];
     fit_weights_from(t, performance, &starts)
 }
 
 /// Like [`fit_weights`], from the given starting weights.
 pub fn fit_weights_from(t: &Terms, performance: &[f64], starts: &[[f64; 3]]) -> ([f64; 3], f64) {
+    let weights = |th: [f64; 3]| {
+        [
+            th[0].sin().powi(2),
+            th[1].sin().powi(2),
+            th[2].sin().powi(2),
+        ]
+    };
     let objective = |theta: [f64; 3]| -> f64 {
-        let w = [
-            theta[0] * theta[0],
-            theta[1] * theta[1],
-            theta[2] * theta[2],
-        ];
-        let r = pearson(&weighted_rmqm(t, w), performance);
+        let r = pearson(&weighted_rmqm(t, weights(theta)), performance);
         if r.is_finite() { -r } else { 1.0 }
     };
     let mut best = ([1.0, 1.0, 1.0], f64::INFINITY);
     for s in starts {
-        let theta0 = [
-            s[0].clamp(0.0, 1.0).sqrt().asin(),
-            s[1].clamp(0.0, 1.0).sqrt().asin(),
-            s[2].clamp(0.0, 1.0).sqrt().asin(),
-        ];
+        let angle = |w: f64| w.clamp(0.0, 1.0).sqrt().asin();
+        let theta0 = [angle(s[0]), angle(s[1]), angle(s[2])];
         let mut result = nelder_mead(&objective, theta0, 0.2, 1500);
         // A restart from the optimum refines a collapsed simplex.
         result = nelder_mead(&objective, result.0, 0.02, 1500);
@@ -159,12 +158,7 @@ pub fn fit_weights_from(t: &Terms, performance: &[f64], starts: &[[f64; 3]]) -> 
             best = result;
         }
     }
-    let w = [
-        best.0[0] * best.0[0],
-        best.0[1] * best.0[1],
-        best.0[2] * best.0[2],
-    ];
-    (w, -best.1)
+    (weights(best.0), -best.1)
 }
 
 /// Leave-one-model-out: for each model (every pair of it, `groups[i]` naming each pair's model),
