@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use rmqm_artifacts::{Input, Table, read_table};
 use rmqm_correlate::{ProbeRow, StatsRow};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Expands arguments that are glob patterns (when no file has that exact name); keeps order.
 pub fn expand(args: &[String]) -> Result<Vec<PathBuf>> {
@@ -28,17 +28,17 @@ pub fn expand(args: &[String]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn column<'a>(t: &'a Table, name: &str, path: &PathBuf) -> Result<&'a rmqm_artifacts::Column> {
+fn column<'a>(t: &'a Table, name: &str, path: &Path) -> Result<&'a rmqm_artifacts::Column> {
     t.get(name)
         .with_context(|| format!("{}: no column {name:?}", path.display()))
 }
 
-fn strings(t: &Table, name: &str, path: &PathBuf) -> Result<Vec<String>> {
+fn strings(t: &Table, name: &str, path: &Path) -> Result<Vec<String>> {
     column(t, name, path)?;
     Ok(t.strings(name).unwrap())
 }
 
-fn floats(t: &Table, name: &str, path: &PathBuf) -> Result<Vec<f64>> {
+fn floats(t: &Table, name: &str, path: &Path) -> Result<Vec<f64>> {
     column(t, name, path)?;
     t.f64s(name)
         .with_context(|| format!("{}: column {name:?} is not numeric", path.display()))

@@ -72,6 +72,9 @@ pub struct Args {
     pub threads: usize,
 }
 
+/// One fitted-weights result: alteration, convention, task, weights, r in sample, r leave-one-out, models.
+type WeightRow = (String, String, String, [f64; 3], f64, f64, usize);
+
 /// One correlation result.
 struct CorrRow {
     alteration: String,
@@ -182,7 +185,7 @@ pub fn run(argv: Vec<String>) -> Result<()> {
     // Correlations.
     let mut corr: Vec<CorrRow> = Vec::new();
     let mut ablation_rows: Vec<(String, String, String, String, f64, usize)> = Vec::new();
-    let mut weight_rows: Vec<(String, String, String, [f64; 3], f64, f64, usize)> = Vec::new();
+    let mut weight_rows: Vec<WeightRow> = Vec::new();
     let mut kendall_rows: Vec<(String, String, String, String, f64, usize)> = Vec::new();
     let mut fig6: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for (alteration, convention) in &combos {
@@ -643,7 +646,7 @@ pub fn run(argv: Vec<String>) -> Result<()> {
 fn report(
     args: &Args,
     corr: &[CorrRow],
-    weights: &[(String, String, String, [f64; 3], f64, f64, usize)],
+    weights: &[WeightRow],
     ablation: &[(String, String, String, String, f64, usize)],
     unmatched: &Unmatched,
     figures: &[(String, String)],

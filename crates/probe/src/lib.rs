@@ -144,13 +144,12 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
                         b.dim
                     );
                 }
-                let (ma, mb) = (a.provenance.get(keys::MODEL), b.provenance.get(keys::MODEL));
-                if ma.is_some() && mb.is_some() && ma != mb {
-                    bail!(
-                        "{tr} comes from model {} but {te} from model {}",
-                        ma.unwrap(),
-                        mb.unwrap()
-                    );
+                if let (Some(ma), Some(mb)) =
+                    (a.provenance.get(keys::MODEL), b.provenance.get(keys::MODEL))
+                {
+                    if ma != mb {
+                        bail!("{tr} comes from model {ma} but {te} from model {mb}");
+                    }
                 }
                 (
                     a.values,

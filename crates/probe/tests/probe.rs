@@ -2,7 +2,7 @@
 
 use rmqm_artifacts::*;
 use rmqm_cli::Stdio;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn write(path: &Path, dim: usize, rows: &[(i32, Vec<f32>)], model: &str) {
     let mut b = VectorBatchBuilder::new(dim, rows.len());
@@ -43,7 +43,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     probe_tool::run_with(argv, Stdio::default())
 }
 
-fn s(p: &PathBuf) -> String {
+fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 

@@ -147,21 +147,6 @@ pub fn main_with(tool: &str, run: impl FnOnce(Vec<String>) -> anyhow::Result<()>
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn thousands_and_command_line() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(1234567), "1,234,567");
-        assert_eq!(command_line(&["a".into(), "b c".into()]), "a 'b c'");
-        let p = base_provenance("alter", &["alter".into(), "-o".into(), "x".into()]);
-        assert_eq!(p.get(keys::COMMAND), Some("alter -o x"));
-        assert_eq!(p.get(keys::TOOL), Some("alter"));
-    }
-}
-
 /// The standard streams a tool uses for `-`; tests and in-process pipes replace them.
 pub struct Stdio {
     /// What `-` reads.
@@ -188,5 +173,20 @@ impl Stdio {
     /// Takes the stdout stream out (replacing it with a sink).
     pub fn take_stdout(&mut self) -> Box<dyn std::io::Write + Send> {
         std::mem::replace(&mut self.stdout, Box::new(std::io::sink()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_and_command_line() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(command_line(&["a".into(), "b c".into()]), "a 'b c'");
+        let p = base_provenance("alter", &["alter".into(), "-o".into(), "x".into()]);
+        assert_eq!(p.get(keys::COMMAND), Some("alter -o x"));
+        assert_eq!(p.get(keys::TOOL), Some("alter"));
     }
 }

@@ -57,7 +57,7 @@ mod tests {
 
     #[test]
     fn split_is_stratified_seeded_and_disjoint() {
-        let labels: Vec<i32> = (0..200).map(|i| (i % 4) as i32).collect();
+        let labels: Vec<i32> = (0..200).map(|i| i % 4).collect();
         let a = stratified_split(&labels, 0.8, 7).unwrap();
         let b = stratified_split(&labels, 0.8, 7).unwrap();
         let c = stratified_split(&labels, 0.8, 8).unwrap();
@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn omniglot_like_twenty_per_class_gives_sixteen_four() {
-        let labels: Vec<i32> = (0..100).map(|i| (i / 20) as i32).collect();
+        let labels: Vec<i32> = (0..100).map(|i| i / 20).collect();
         let s = stratified_split(&labels, 0.8, 0).unwrap();
         assert_eq!(s.train.len(), 80);
         assert!(stratified_split(&labels, 1.0, 0).is_err());

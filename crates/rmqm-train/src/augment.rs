@@ -89,8 +89,9 @@ pub fn homography(from: &[[f64; 2]; 4], to: &[[f64; 2]; 4]) -> Mat3 {
         for r in 0..8 {
             if r != col {
                 let f = a[r][col] / p;
-                for k in col..9 {
-                    a[r][k] -= f * a[col][k];
+                let pivot_row = a[col];
+                for (x, y) in a[r].iter_mut().zip(pivot_row.iter()).skip(col) {
+                    *x -= f * y;
                 }
             }
         }
@@ -186,7 +187,8 @@ pub fn warp(img: &[f32], c: usize, h: usize, w: usize, m: &Mat3) -> Vec<f32> {
             let v = (m[3] * xf + m[4] * yf + m[5]) / z;
             // Near a perspective's vanishing line the source point runs off to infinity (or behind
             // the view): nothing to sample there, the output stays 0 (as zero padding would give).
-            if !(z > 1e-9) || !(u.abs() < 1e6) || !(v.abs() < 1e6) {
+            let usable = z > 1e-9 && u.abs() < 1e6 && v.abs() < 1e6;
+            if !usable {
                 continue;
             }
             let (x0, y0) = (u.floor(), v.floor());
