@@ -4,7 +4,7 @@
 MNIST_OUT ?= $(OUT)/paper-mnist
 MNIST_DATA_DIR ?= $(DATA_DIR)
 MNIST_DATASET := mnist
-MNIST_TRAIN_ARGS := --split train --arch lenet5
+MNIST_TRAIN_ARGS := --split train --arch lenet5 --evaluate
 MNIST_TEST_SPLIT := test
 MNIST_ALTER_ARGS :=
 MNIST_METHODS ?= $(METHODS)

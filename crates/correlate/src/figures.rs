@@ -49,6 +49,7 @@ fn method_curves(curves: &[&Curve], column: &str) -> Vec<Line> {
             name: format!("{method} ({} models)", cs.len()),
             points,
             band,
+            markers: false,
         });
     }
     lines
@@ -128,6 +129,7 @@ pub fn draw_all(
                     name: m,
                     points: pts,
                     band: vec![],
+                    markers: true,
                 }
             })
             .collect();

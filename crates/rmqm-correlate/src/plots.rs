@@ -51,6 +51,8 @@ pub struct Line {
     pub points: Vec<(f64, f64)>,
     /// (x, lower, upper) of a shaded band, e.g. mean -+ standard error.
     pub band: Vec<(f64, f64, f64)>,
+    /// Draw a marker at every point (for short series, where a lone point has no line).
+    pub markers: bool,
 }
 
 /// One group of a scatter chart, with an optional fitted line y = a + b x.
@@ -148,6 +150,11 @@ where
             .copied()
             .filter(|p| p.0.is_finite() && p.1.is_finite())
             .collect();
+        if s.markers {
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
+                .map_err(|e| e.to_string())?;
+        }
         chart
             .draw_series(plotters::series::LineSeries::new(pts, c.stroke_width(2)))
             .map_err(|e| e.to_string())?
@@ -305,6 +312,7 @@ mod tests {
                     .map(|j| (j as f64, (j as f64 * 0.1 * (k + 1) as f64).sin()))
                     .collect(),
                 band: (0..20).map(|j| (j as f64, -0.1, 0.1)).collect(),
+                markers: k == 0,
             })
             .collect();
         let stem = dir.path().join("fig");

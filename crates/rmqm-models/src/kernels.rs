@@ -551,12 +551,32 @@ mod tests {
     #[test]
     fn gradients_match_the_forward_by_linearity() {
         // <dy, conv(x, w)> = <dW, w> = <dX, x>: checks both gradients on 40 images at once.
-        let g = ConvGeometry { n: 40, c_in: 16, h: 20, w: 20, c_out: 5, kh: 3, kw: 3, stride: 1, padding: 1 };
-        let x: Vec<f64> = (0..g.n * g.in_size()).map(|i| ((i * 37 % 17) as f64 - 8.0) / 7.0).collect();
-        let w: Vec<f64> = (0..g.c_out * g.ckk()).map(|i| ((i * 11 % 13) as f64 - 6.0) / 5.0).collect();
-        let dy: Vec<f64> = (0..g.n * g.out_size()).map(|i| ((i * 5 % 19) as f64 - 9.0) / 4.0).collect();
+        let g = ConvGeometry {
+            n: 40,
+            c_in: 16,
+            h: 20,
+            w: 20,
+            c_out: 5,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let x: Vec<f64> = (0..g.n * g.in_size())
+            .map(|i| ((i * 37 % 17) as f64 - 8.0) / 7.0)
+            .collect();
+        let w: Vec<f64> = (0..g.c_out * g.ckk())
+            .map(|i| ((i * 11 % 13) as f64 - 6.0) / 5.0)
+            .collect();
+        let dy: Vec<f64> = (0..g.n * g.out_size())
+            .map(|i| ((i * 5 % 19) as f64 - 9.0) / 4.0)
+            .collect();
         let y = conv2d_forward(&g, &x, &w, None, false);
-        assert!(y.iter().zip(&naive(&g, &x, &w)).all(|(a, b)| (a - b).abs() < 1e-9));
+        assert!(
+            y.iter()
+                .zip(&naive(&g, &x, &w))
+                .all(|(a, b)| (a - b).abs() < 1e-9)
+        );
         let (dw, db) = conv2d_weight_grad(&g, &x, &dy, true);
         let dx = conv2d_input_grad(&g, &dy, &w);
         let inner = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
@@ -564,7 +584,9 @@ mod tests {
         assert!((inner(&dw, &w) - total).abs() < 1e-6 * total.abs().max(1.0));
         assert!((inner(&dx, &x) - total).abs() < 1e-6 * total.abs().max(1.0));
         let hw = g.ho() * g.wo();
-        let db0: f64 = (0..g.n).map(|b| dy[b * g.out_size()..][..hw].iter().sum::<f64>()).sum();
+        let db0: f64 = (0..g.n)
+            .map(|b| dy[b * g.out_size()..][..hw].iter().sum::<f64>())
+            .sum();
         assert!((db.unwrap()[0] - db0).abs() < 1e-9);
     }
 
