@@ -14,8 +14,10 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 .DELETE_ON_ERROR:
-.SECONDARY:
 .SUFFIXES:
+# Models, embeddings and the noise stream are intermediate files made by pattern rules: keep them.
+# (Not .SECONDARY, which would also stop a deleted stats or probe file from being remade.)
+.PRECIOUS: %.safetensors %.parquet
 
 PROFILE ?= release
 THREADS ?= 0

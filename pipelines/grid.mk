@@ -47,7 +47,7 @@ $$($(1)_OUT)/stats/%-pgd.parquet $$($(1)_OUT)/curves/%-pgd.parquet &: $$($(1)_OU
 
 $$(foreach ds,$$($(1)_DOWNSTREAM),$$(eval $$(call DOWNSTREAM,$(1),$$(ds))))
 
-$$($(1)_OUT)/report/report.md: $$($(1)_STATS) $$($(1)_PROBES)
+$$($(1)_OUT)/report/report.md: $$($(1)_STATS) $$($(1)_CURVES) $$($(1)_PROBES)
 	@mkdir -p $$(@D)
 	$(BIN)/correlate --stats $$($(1)_STATS) --probes $$($(1)_PROBES) --curves $$($(1)_CURVES) $$($(1)_CORRELATE_ARGS) --threads $(THREADS) -o $$(@D)
 
