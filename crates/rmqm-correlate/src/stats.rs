@@ -107,7 +107,7 @@ pub fn pearson_p_value(r: f64, n: usize) -> f64 {
     2.0 * (1.0 - dist.cdf(t.abs()))
 }
 
-/// Percentile bootstrap interval of Pearson's r: `resamples` resamples of the pairs (models) with
+/// Percentile bootstrap interval of Pearson's r: `resamples` resamples of the pairs with
 /// replacement, seeded; resamples with a constant side are skipped.
 pub fn bootstrap_pearson(
     x: &[f64],
@@ -116,32 +116,8 @@ pub fn bootstrap_pearson(
     level: f64,
     seed: u64,
 ) -> (f64, f64) {
-    let n = x.len();
-    if n < 3 || resamples == 0 {
-        return (f64::NAN, f64::NAN);
-    }
-    let mut rs: Vec<f64> = (0..resamples)
-        .into_par_iter()
-        .map(|b| {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-                seed ^ (b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            );
-            let (mut xs, mut ys) = (Vec::with_capacity(n), Vec::with_capacity(n));
-            for _ in 0..n {
-                let i = rng.random_range(0..n);
-                xs.push(x[i]);
-                ys.push(y[i]);
-            }
-            pearson(&xs, &ys)
-        })
-        .filter(|r| r.is_finite())
-        .collect();
-    if rs.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    rs.sort_by(f64::total_cmp);
-    let q = |p: f64| rs[((p * (rs.len() - 1) as f64).round() as usize).min(rs.len() - 1)];
-    (q((1.0 - level) / 2.0), q(1.0 - (1.0 - level) / 2.0))
+    let groups: Vec<usize> = (0..x.len()).collect();
+    bootstrap_pearson_grouped(x, y, &groups, resamples, level, seed)
 }
 
 /// Percentile bootstrap interval of Pearson's r resampling groups (models) with replacement: every

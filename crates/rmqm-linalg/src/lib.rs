@@ -4,53 +4,6 @@
 
 use rayon::prelude::*;
 
-/// `c (m x n) = alpha * a (m x k) * b^T (n x k) + beta * c`, all row-major f32; rows of `a` split
-/// across cores in blocks.
-pub fn matmul_a_bt(
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    beta: f32,
-) {
-    assert_eq!(a.len(), m * k);
-    assert_eq!(b.len(), n * k);
-    assert_eq!(c.len(), m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    let block = m
-        .div_ceil(rayon::current_num_threads().max(1) * 4)
-        .clamp(1, 256);
-    c.par_chunks_mut(block * n)
-        .zip(a.par_chunks(block * k))
-        .for_each(|(c_blk, a_blk)| {
-            let rows = a_blk.len() / k.max(1);
-            // SAFETY: pointers and strides describe in-bounds row-major matrices of the stated sizes.
-            unsafe {
-                matrixmultiply::sgemm(
-                    rows,
-                    k,
-                    n,
-                    alpha,
-                    a_blk.as_ptr(),
-                    k as isize,
-                    1,
-                    b.as_ptr(),
-                    1,
-                    k as isize,
-                    beta,
-                    c_blk.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
-            }
-        });
-}
-
 /// `c (m x n) = alpha * a (m x k) * b (k x n) + beta * c`, row-major f32, parallel over row blocks of `a`.
 pub fn matmul(
     a: &[f32],
@@ -223,10 +176,6 @@ mod tests {
         let mut c = vec![0.0; m * n];
         matmul(&a, &b, &mut c, m, n, k, 1.0, 0.0);
         assert!(c.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-4));
-        let bt = transpose(&b, k, n);
-        let mut c2 = vec![0.0; m * n];
-        matmul_a_bt(&a, &bt, &mut c2, m, n, k, 1.0, 0.0);
-        assert!(c2.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-4));
         let at = transpose(&a, m, k);
         let mut c3 = vec![1.0; m * n];
         matmul_at_b(&at, &b, &mut c3, m, n, k, 2.0, 1.0);
