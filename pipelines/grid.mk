@@ -58,7 +58,15 @@ $(1): $(1)-plan $$($(1)_OUT)/report/report.md
 $(1)-plan:
 	@echo "$(1): $$(words $$($(1)_MODELS)) encoders ($$(words $$($(1)_METHODS)) methods x $$(words $$($(1)_DIMS)) dims x $$(words $$($(1)_OPTIMIZERS)) optimizers + $$(words $$($(1)_DIMS)) random-init baselines, x $$(words $$($(1)_SEEDS)) seeds), $$($(1)_EPOCHS) epochs on $$($(1)_DATASET)"
 	@echo "$(1): $$(words $$($(1)_STATS)) walks of $$($(1)_N_TEST) images ($$($(1)_ALTERATIONS)), $$(words $$($(1)_PROBES)) probes ($$($(1)_DOWNSTREAM)), then correlate into $$($(1)_OUT)/report"
-	@todo=$$$$(for f in $$($(1)_OUT)/report/report.md $$($(1)_STATS) $$($(1)_PROBES); do [ -e $$$$f ] || echo x; done | wc -l); echo "$(1): $$$$todo of $$(words $$($(1)_STATS) $$($(1)_PROBES) x) targets to make$$(if $$($(1)_ESTIMATE),; $$($(1)_ESTIMATE))"
+	@todo=$$$$(for f in $$($(1)_OUT)/report/report.md $$($(1)_STATS) $$($(1)_PROBES); do [ -e $$$$f ] || echo x; done | wc -l); echo "$(1): $$$$todo of $$(words $$($(1)_STATS) $$($(1)_PROBES) x) targets to make"
+	@awk -v label=$$(words $$(filter cross-entropy triplet-entropy triplet-supervised,$$($(1)_METHODS))) -v views=$$(words $$(filter triplet-ss ntxent,$$($(1)_METHODS))) \
+	  -v per=$$$$(( $$(words $$($(1)_DIMS)) * $$(words $$($(1)_OPTIMIZERS)) * $$(words $$($(1)_SEEDS)) )) -v models=$$(words $$($(1)_MODELS)) \
+	  -v epochs=$$($(1)_EPOCHS) -v el=$$($(1)_EPOCH_SECONDS_LABELS) -v ev=$$($(1)_EPOCH_SECONDS_VIEWS) \
+	  -v walks=$$(words $$($(1)_ALTERATIONS)) -v ntest=$$($(1)_N_TEST) -v ws=$$($(1)_WALK_SECONDS_PER_1000) \
+	  -v probes=$$(words $$($(1)_DOWNSTREAM)) -v ps=$$($(1)_PROBE_SECONDS) \
+	  'BEGIN { t = per * epochs * (label * el + views * ev) + models * (walks * ntest / 1000 * ws + probes * ps); \
+	      u = t < 3600 ? sprintf("%.0f minutes", t / 60) : sprintf("%.1f hours", t / 3600); \
+	      printf "$(1): about %s of work if nothing is made yet (stage times measured on a 2-core Zen 4)\n", u }'
 endef
 
 # Embeddings and probe results of one downstream set $(2) of grid $(1). The set is configured by
