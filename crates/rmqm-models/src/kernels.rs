@@ -510,6 +510,139 @@ pub fn relu_mask<T: Real>(dy: &[T], y: &[T]) -> Vec<T> {
         .collect()
 }
 
+/// Per-channel mean and biased variance of an NCHW tensor (as f64), channels in parallel.
+pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
+    let m = (n * hw) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut s, mut s2) = (0.0f64, 0.0f64);
+            for b in 0..n {
+                for &v in &x[(b * c + ch) * hw..][..hw] {
+                    let v = v.to_f64();
+                    s += v;
+                    s2 += v * v;
+                }
+            }
+            let mean = s / m;
+            (mean, (s2 / m - mean * mean).max(0.0))
+        })
+        .unzip()
+}
+
+/// Batch-norm forward in training mode: y = gamma (x - mean) / sqrt(var + eps) + beta with the
+/// batch's per-channel statistics.
+pub fn batch_norm_forward<T: Real>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    n: usize,
+    c: usize,
+    hw: usize,
+    eps: f64,
+) -> Vec<T> {
+    let (mean, var) = channel_stats(x, n, c, hw);
+    let scale: Vec<T> = (0..c)
+        .map(|k| T::from_f64(gamma[k].to_f64() / (var[k] + eps).sqrt()))
+        .collect();
+    let shift: Vec<T> = (0..c)
+        .map(|k| T::from_f64(beta[k].to_f64() - mean[k] * scale[k].to_f64()))
+        .collect();
+    channel_affine(x, &scale, &shift, n, c, hw)
+}
+
+/// y = x * scale[c] + shift[c] per channel of an NCHW tensor.
+pub fn channel_affine<T: Real>(
+    x: &[T],
+    scale: &[T],
+    shift: &[T],
+    n: usize,
+    c: usize,
+    hw: usize,
+) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw))
+        .enumerate()
+        .for_each(|(i, (yp, xp))| {
+            let (a, b) = (scale[i % c], shift[i % c]);
+            for (o, &v) in yp.iter_mut().zip(xp) {
+                *o = v * a + b;
+            }
+        });
+    let _ = n;
+    y
+}
+
+/// Per-channel sums of `g` and of `g * x` over an NCHW tensor.
+pub fn channel_sums<T: Real>(
+    g: &[T],
+    x: &[T],
+    n: usize,
+    c: usize,
+    hw: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+            for b in 0..n {
+                let off = (b * c + ch) * hw;
+                for (&gv, &xv) in g[off..off + hw].iter().zip(&x[off..off + hw]) {
+                    sg += gv.to_f64();
+                    sgx += gv.to_f64() * xv.to_f64();
+                }
+            }
+            (sg, sgx)
+        })
+        .unzip()
+}
+
+/// Batch-norm backward in training mode: (dx, dgamma, dbeta), each only if asked.
+/// dx = gamma / sigma * (g - mean(g) - xhat * mean(g * xhat)); dgamma = sum(g * xhat); dbeta = sum(g).
+#[allow(clippy::type_complexity)]
+pub fn batch_norm_backward<T: Real>(
+    x: &[T],
+    gamma: &[T],
+    g: &[T],
+    n: usize,
+    c: usize,
+    hw: usize,
+    eps: f64,
+    want: (bool, bool, bool),
+) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
+    let (mean, var) = channel_stats(x, n, c, hw);
+    let (sg, sgx) = channel_sums(g, x, n, c, hw);
+    let m = (n * hw) as f64;
+    let inv_sigma: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    // sum(g * xhat) = (sum(g x) - mean sum(g)) / sigma
+    let sgxhat: Vec<f64> = (0..c)
+        .map(|k| (sgx[k] - mean[k] * sg[k]) * inv_sigma[k])
+        .collect();
+    let dx = want.0.then(|| {
+        let mut dx = vec![T::zero(); x.len()];
+        dx.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .zip(g.par_chunks(hw))
+            .enumerate()
+            .for_each(|(i, ((dp, xp), gp))| {
+                let k = i % c;
+                let a = gamma[k].to_f64() * inv_sigma[k];
+                let (mg, mgx) = (sg[k] / m, sgxhat[k] / m);
+                for ((d, &xv), &gv) in dp.iter_mut().zip(xp).zip(gp) {
+                    let xhat = (xv.to_f64() - mean[k]) * inv_sigma[k];
+                    *d = T::from_f64(a * (gv.to_f64() - mg - xhat * mgx));
+                }
+            });
+        dx
+    });
+    let dgamma = want
+        .1
+        .then(|| sgxhat.iter().map(|&v| T::from_f64(v)).collect());
+    let dbeta = want.2.then(|| sg.iter().map(|&v| T::from_f64(v)).collect());
+    (dx, dgamma, dbeta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -480,6 +480,191 @@ impl CustomOp3 for LinearOp {
     }
 }
 
+/// Batch normalisation in training mode over the channels of an NCHW tensor (batch statistics,
+/// biased variance), fused: one op forward and one backward instead of a dozen candle ops.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchNormOp {
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+/// `y = x * scale[c] + shift[c]` per channel of an NCHW tensor (batch norm in eval mode).
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelAffineOp;
+
+fn channel_vec<'a, T: Real>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    c: usize,
+    what: &str,
+) -> Result<&'a [T]> {
+    let v = slice::<T>(s, l, what)?;
+    if v.len() != c {
+        bail!("{what}: {} values for {c} channels", v.len());
+    }
+    Ok(v)
+}
+
+impl CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "rmqm-batch-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l1, "batch norm")?;
+        fn run<T: Real>(
+            eps: f64,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+            n: usize,
+            c: usize,
+            hw: usize,
+        ) -> Result<CpuStorage> {
+            let x = slice::<T>(s1, l1, "batch norm input")?;
+            let y = kernels::batch_norm_forward(
+                x,
+                channel_vec(s2, l2, c, "gamma")?,
+                channel_vec(s3, l3, c, "beta")?,
+                n,
+                c,
+                hw,
+                eps,
+            );
+            Ok(T::to_cpu_storage_owned(y))
+        }
+        let out = match s1.dtype() {
+            DType::F32 => run::<f32>(self.eps, s1, l1, s2, l2, s3, l3, n, c, h * w)?,
+            DType::F64 => run::<f64>(self.eps, s1, l1, s2, l2, s3, l3, n, c, h * w)?,
+            d => bail!("batch norm: unsupported dtype {d:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, w) = x.dims4()?;
+        let want = (x.track_op(), gamma.track_op(), beta.track_op());
+        let grad = grad.contiguous()?;
+        let x = x.contiguous()?;
+        macro_rules! go {
+            ($t:ty) => {{
+                let xv: Vec<$t> = x.flatten_all()?.to_vec1()?;
+                let gv: Vec<$t> = grad.flatten_all()?.to_vec1()?;
+                let gm: Vec<$t> = gamma.to_vec1()?;
+                let (dx, dg, db) =
+                    kernels::batch_norm_backward(&xv, &gm, &gv, n, c, h * w, self.eps, want);
+                let dev = x.device();
+                (
+                    dx.map(|v| Tensor::from_vec(v, (n, c, h, w), dev))
+                        .transpose()?,
+                    dg.map(|v| Tensor::from_vec(v, c, dev)).transpose()?,
+                    db.map(|v| Tensor::from_vec(v, c, dev)).transpose()?,
+                )
+            }};
+        }
+        Ok(match x.dtype() {
+            DType::F32 => go!(f32),
+            DType::F64 => go!(f64),
+            d => bail!("batch norm: unsupported dtype {d:?}"),
+        })
+    }
+}
+
+impl CustomOp3 for ChannelAffineOp {
+    fn name(&self) -> &'static str {
+        "rmqm-channel-affine"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l1, "channel affine")?;
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(kernels::channel_affine(
+                slice(s1, l1, "x")?,
+                channel_vec(s2, l2, c, "scale")?,
+                channel_vec(s3, l3, c, "shift")?,
+                n,
+                c,
+                h * w,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(kernels::channel_affine(
+                slice(s1, l1, "x")?,
+                channel_vec(s2, l2, c, "scale")?,
+                channel_vec(s3, l3, c, "shift")?,
+                n,
+                c,
+                h * w,
+            )),
+            d => bail!("channel affine: unsupported dtype {d:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = x.dim(1)?;
+        let grad = grad.contiguous()?;
+        let dx = if x.track_op() {
+            let zero = scale.zeros_like()?;
+            Some(grad.apply_op3_no_bwd(&scale.contiguous()?, &zero, &ChannelAffineOp)?)
+        } else {
+            None
+        };
+        let sum_c = |t: &Tensor| -> Result<Tensor> {
+            t.transpose(0, 1)?.contiguous()?.reshape((c, ()))?.sum(1)
+        };
+        let dscale = if scale.track_op() {
+            Some(sum_c(&(&grad * x)?)?)
+        } else {
+            None
+        };
+        let dshift = if shift.track_op() {
+            Some(sum_c(&grad)?)
+        } else {
+            None
+        };
+        Ok((dx, dscale, dshift))
+    }
+}
+
+/// Batch norm with batch statistics (training mode), fused.
+pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(gamma, beta, BatchNormOp { eps })
+}
+
+/// `x * scale[c] + shift[c]` per channel (batch norm in eval mode), fused.
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&scale.contiguous()?, &shift.contiguous()?, ChannelAffineOp)
+}
+
 static CANDLE_DEFAULT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Routes convolution, pooling and dense layers through candle's own ops instead of these kernels,
@@ -487,6 +672,11 @@ static CANDLE_DEFAULT: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 /// in 0.11.1: use this for timing only.)
 pub fn use_candle_default_ops(on: bool) {
     CANDLE_DEFAULT.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// True while [`use_candle_default_ops`] is on.
+pub fn candle_default_ops() -> bool {
+    candle_default()
 }
 
 fn candle_default() -> bool {

@@ -189,6 +189,56 @@ fn linear_backward_matches_finite_differences_and_skips_frozen_args() {
     assert!(g.get(x.as_tensor()).is_some());
 }
 
+#[test]
+fn batch_norm_ops_match_candle_and_finite_differences() {
+    use rmqm_models::ParamStore;
+    use rmqm_models::layers::BatchNorm2d;
+    let x = Var::from_tensor(&rand_tensor(&[3, 4, 5, 3], 21, DType::F64)).unwrap();
+    let gamma = Var::from_tensor(&(rand_tensor(&[4], 22, DType::F64) + 1.5).unwrap()).unwrap();
+    let beta = Var::from_tensor(&rand_tensor(&[4], 23, DType::F64)).unwrap();
+    // Forward against the same normalisation on candle's ops, in both modes.
+    let mut store = ParamStore::init(0, DType::F64, &Device::Cpu, false);
+    let bn = BatchNorm2d::new(&mut store, "bn", 4).unwrap();
+    for train in [true, false] {
+        let ours = bn.forward(x.as_tensor(), train).unwrap();
+        let theirs = bn.forward_candle_ops(x.as_tensor(), train).unwrap();
+        assert!(max_abs_diff(&ours, &theirs) < 1e-12, "train {train}");
+    }
+    // Backward of the fused training op and of the per-channel affine, by finite differences.
+    let loss = || {
+        Ok(weighted_sum(
+            &ops::batch_norm_train(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), 1e-5)?,
+            31,
+        ))
+    };
+    let r = check_gradients(
+        &[x.clone(), gamma.clone(), beta.clone()],
+        &loss,
+        200,
+        1e-6,
+        1e-8,
+        4,
+    )
+    .unwrap();
+    assert!(r.max_relative_error < 1e-6, "{r:?}");
+    let loss = || {
+        Ok(weighted_sum(
+            &ops::channel_affine(x.as_tensor(), gamma.as_tensor(), beta.as_tensor())?,
+            32,
+        ))
+    };
+    let r = check_gradients(
+        &[x.clone(), gamma.clone(), beta.clone()],
+        &loss,
+        200,
+        1e-6,
+        1e-8,
+        5,
+    )
+    .unwrap();
+    assert!(r.max_relative_error < 1e-6, "{r:?}");
+}
+
 fn config(arch: Arch, method: Method, channels: usize, side: usize, dim: usize) -> ModelConfig {
     ModelConfig {
         model_id: "test".into(),
