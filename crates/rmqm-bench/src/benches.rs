@@ -256,7 +256,8 @@ pub fn run(name: &str, out: &Path, repeats: usize) -> Result<Vec<Measure>> {
                 repeats
             };
             let ours = model_bench(arch, kind, false, reps)?;
-            let with_reference = matches!(kind, "forward" | "pgd" | "train-cross-entropy");
+            let with_reference = matches!(kind, "forward" | "pgd" | "train-cross-entropy")
+                && std::env::var_os("RMQM_BENCH_NO_REFERENCE").is_none();
             let reference = if with_reference {
                 model_bench(arch, kind, true, reps)?
             } else {

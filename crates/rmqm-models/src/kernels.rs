@@ -5,6 +5,7 @@
 
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Element types the kernels run on.
 pub trait Real:
@@ -19,6 +20,58 @@ pub trait Real:
 }
 impl Real for f32 {}
 impl Real for f64 {}
+
+/// A vector of `n` elements that `write` fills completely before anything reads them; skips
+/// zeroing memory that is about to be overwritten (a measurable share of small-model time).
+fn vec_written_by<T: Real>(n: usize, write: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    write(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: every caller's `write` initialises all n elements (each kernel is tested against a
+    // plain implementation on odd shapes).
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// `dst (m x n) = op(a) (m x k) * op(b) (k x n)` into uninitialised memory, returned initialised;
+/// arguments as [`gemm_rm`], one core.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rm_uninit<'a, T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &'a mut [MaybeUninit<T>],
+    a: &[T],
+    a_t: bool,
+    b: &[T],
+    b_t: bool,
+) -> &'a mut [T] {
+    let dst = &mut dst[..m * n];
+    if k == 0 || m == 0 || n == 0 {
+        dst.iter_mut().for_each(|v| {
+            v.write(T::zero());
+        });
+    } else {
+        assert!(a.len() >= m * k && b.len() >= k * n, "gemm operand sizes");
+        // SAFETY: dst holds m * n elements (sliced above), a and b were checked; with
+        // accumulate = false the gemm writes every destination element without reading it.
+        unsafe {
+            gemm_ptr(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr().cast::<T>(),
+                false,
+                a,
+                a_t,
+                b,
+                b_t,
+                Parallelism::None,
+            )
+        };
+    }
+    // SAFETY: every element was written above; MaybeUninit<T> has T's layout.
+    unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<T>(), m * n) }
+}
 
 /// `dst (m x n) = [dst +] op(a) (m x k) * op(b) (k x n)`, row-major; `a_t` means `a` is stored k x m,
 /// `b_t` means `b` is stored n x k.
@@ -48,6 +101,41 @@ pub fn gemm_rm<T: Real>(
         }
         return;
     }
+    // SAFETY: sizes checked above.
+    unsafe {
+        gemm_ptr(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            accumulate,
+            a,
+            a_t,
+            b,
+            b_t,
+            parallelism,
+        )
+    };
+}
+
+/// The gemm call behind [`gemm_rm`].
+///
+/// # Safety
+/// `dst` must be valid for m * n writes (and reads when `accumulate`), `a` hold m * k and `b`
+/// k * n elements, and m, n, k be positive.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_ptr<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    accumulate: bool,
+    a: &[T],
+    a_t: bool,
+    b: &[T],
+    b_t: bool,
+    parallelism: Parallelism,
+) {
     let (a_rs, a_cs) = if a_t {
         (1, m as isize)
     } else {
@@ -58,13 +146,13 @@ pub fn gemm_rm<T: Real>(
     } else {
         (n as isize, 1)
     };
-    // SAFETY: the strides describe in-bounds views of the slices checked above.
+    // SAFETY: the strides describe in-bounds views of the operands (the caller's contract).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -128,33 +216,104 @@ impl ConvGeometry {
     }
 }
 
+/// The output columns `lo..hi` of a row whose input column `oj * stride + kj - padding` lies inside
+/// `0..w`; the others read zero padding.
+fn valid_columns(g: &ConvGeometry, kj: usize, wo: usize) -> (usize, usize) {
+    let s = g.stride;
+    // first oj with oj * s + kj >= p, and first oj with oj * s + kj >= w + p
+    let lo = g.padding.saturating_sub(kj).div_ceil(s).min(wo);
+    let hi = (g.w + g.padding)
+        .saturating_sub(kj)
+        .div_ceil(s)
+        .clamp(lo, wo);
+    (lo, hi)
+}
+
+/// Elements `im2col` may write past the end of `cols`: give it `ckk * ho * wo + IM2COL_SLACK`.
+pub const IM2COL_SLACK: usize = 8;
+
 /// Unfolds one image (c_in, h, w) into `cols` (c_in*kh*kw, ho*wo).
 pub fn im2col<T: Real>(g: &ConvGeometry, x: &[T], cols: &mut [T]) {
     let (ho, wo) = (g.ho(), g.wo());
     let hw = ho * wo;
-    let (s, p) = (g.stride as isize, g.padding as isize);
+    assert!(
+        x.len() >= g.in_size() && cols.len() >= g.ckk() * hw,
+        "im2col operand sizes"
+    );
+    let (s, p) = (g.stride, g.padding);
+    let plane_size = g.h * g.w;
     for ci in 0..g.c_in {
-        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ki in 0..g.kh {
+            // output rows whose input row oi * s + ki - p lies inside the image
+            let oi_lo = p.saturating_sub(ki).div_ceil(s).min(ho);
+            let oi_hi = (g.h + p).saturating_sub(ki).div_ceil(s).clamp(oi_lo, ho);
             for kj in 0..g.kw {
-                let row = &mut cols[((ci * g.kh + ki) * g.kw + kj) * hw..][..hw];
-                for oi in 0..ho {
-                    let ii = oi as isize * s + ki as isize - p;
-                    let out = &mut row[oi * wo..(oi + 1) * wo];
-                    if ii < 0 || ii >= g.h as isize {
-                        out.iter_mut().for_each(|v| *v = T::zero());
-                        continue;
+                let row_start = ((ci * g.kh + ki) * g.kw + kj) * hw;
+                let row = row_start..row_start + hw;
+                let (lo, hi) = valid_columns(g, kj, wo);
+                if lo == hi || oi_lo == oi_hi {
+                    cols[row].fill(T::zero());
+                    continue;
+                }
+                let src0 = ci * plane_size + (oi_lo * s + ki - p) * g.w + lo * s + kj - p;
+                let dst0 = row_start + oi_lo * wo + lo;
+                let (rows, len) = (oi_hi - oi_lo, hi - lo);
+                let chunks = len.div_ceil(8);
+                // Segments whose fixed-size chunks stay inside x and cols (all but the last
+                // one or two, near the end of the image).
+                let fits = |end: usize, len: usize, stride: usize| {
+                    if end > len {
+                        0
+                    } else {
+                        ((len - end) / stride + 1).min(rows)
                     }
-                    let src = &plane[ii as usize * g.w..(ii as usize + 1) * g.w];
-                    for (oj, o) in out.iter_mut().enumerate() {
-                        let jj = oj as isize * s + kj as isize - p;
-                        *o = if jj < 0 || jj >= g.w as isize {
-                            T::zero()
-                        } else {
-                            src[jj as usize]
-                        };
+                };
+                let fast = if s == 1 {
+                    fits(src0 + chunks * 8, x.len(), g.w).min(fits(
+                        dst0 + chunks * 8,
+                        cols.len(),
+                        wo,
+                    ))
+                } else {
+                    0
+                };
+                if fast > 0 {
+                    // Fixed chunks of 8 may run past a segment into later positions, all
+                    // written afterwards in order (the next segments, the zero fills below).
+                    // SAFETY: segment r < fast reads src0 + r * w .. + chunks * 8 <= x.len()
+                    // and writes dst0 + r * wo .. + chunks * 8 <= cols.len() (checked by
+                    // `fits`); x and cols do not overlap (one is borrowed shared, the other
+                    // exclusively).
+                    unsafe {
+                        let (src, dst) = (x.as_ptr().add(src0), cols.as_mut_ptr().add(dst0));
+                        for r in 0..fast {
+                            let (sr, dr) = (src.add(r * g.w), dst.add(r * wo));
+                            for c in 0..chunks {
+                                std::ptr::copy_nonoverlapping(sr.add(c * 8), dr.add(c * 8), 8);
+                            }
+                        }
                     }
                 }
+                for r in fast..rows {
+                    let (sr, dr) = (src0 + r * s * g.w, dst0 + r * wo);
+                    if s == 1 {
+                        cols[dr..dr + len].copy_from_slice(&x[sr..sr + len]);
+                    } else {
+                        for (o, &v) in cols[dr..dr + len].iter_mut().zip(x[sr..].iter().step_by(s))
+                        {
+                            *o = v;
+                        }
+                    }
+                }
+                cols[row_start..row_start + oi_lo * wo].fill(T::zero());
+                if lo > 0 || hi < wo {
+                    for oi in oi_lo..oi_hi {
+                        let seg = row_start + oi * wo;
+                        cols[seg..seg + lo].fill(T::zero());
+                        cols[seg + hi..seg + wo].fill(T::zero());
+                    }
+                }
+                cols[row_start + oi_hi * wo..row_start + hw].fill(T::zero());
             }
         }
     }
@@ -164,22 +323,27 @@ pub fn im2col<T: Real>(g: &ConvGeometry, x: &[T], cols: &mut [T]) {
 pub fn col2im_add<T: Real>(g: &ConvGeometry, cols: &[T], x: &mut [T]) {
     let (ho, wo) = (g.ho(), g.wo());
     let hw = ho * wo;
-    let (s, p) = (g.stride as isize, g.padding as isize);
+    let (s, p) = (g.stride, g.padding);
     for ci in 0..g.c_in {
         let plane = &mut x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
                 let row = &cols[((ci * g.kh + ki) * g.kw + kj) * hw..][..hw];
-                for oi in 0..ho {
-                    let ii = oi as isize * s + ki as isize - p;
-                    if ii < 0 || ii >= g.h as isize {
+                let (lo, hi) = valid_columns(g, kj, wo);
+                for (oi, src) in row.chunks_exact(wo).enumerate() {
+                    let ii = (oi * s + ki).wrapping_sub(p);
+                    if ii >= g.h || lo == hi {
                         continue;
                     }
-                    let dst = &mut plane[ii as usize * g.w..(ii as usize + 1) * g.w];
-                    for (oj, &v) in row[oi * wo..(oi + 1) * wo].iter().enumerate() {
-                        let jj = oj as isize * s + kj as isize - p;
-                        if jj >= 0 && jj < g.w as isize {
-                            dst[jj as usize] += v;
+                    let dst = &mut plane[ii * g.w..(ii + 1) * g.w];
+                    let first = lo * s + kj - p;
+                    if s == 1 {
+                        for (d, &v) in dst[first..first + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                            *d += v;
+                        }
+                    } else {
+                        for (d, &v) in dst[first..].iter_mut().step_by(s).zip(&src[lo..hi]) {
+                            *d += v;
                         }
                     }
                 }
@@ -197,41 +361,30 @@ pub fn conv2d_forward<T: Real>(
     relu: bool,
 ) -> Vec<T> {
     let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
-    let mut y = vec![T::zero(); g.n * g.out_size()];
     let direct = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.padding == 0;
-    y.par_chunks_mut(g.out_size())
-        .zip(x.par_chunks(g.in_size()))
-        .for_each_init(
-            || {
-                if direct {
-                    Vec::new()
-                } else {
-                    vec![T::zero(); ckk * hw]
-                }
-            },
-            |cols, (yb, xb)| {
-                let src: &[T] = if direct {
-                    xb
-                } else {
-                    im2col(g, xb, cols);
-                    cols
-                };
-                gemm_rm(
-                    g.c_out,
-                    hw,
-                    ckk,
-                    yb,
-                    false,
-                    weight,
-                    false,
-                    src,
-                    false,
-                    Parallelism::None,
-                );
-                epilogue(yb, hw, bias, relu);
-            },
-        );
-    y
+    vec_written_by(g.n * g.out_size(), |y| {
+        y.par_chunks_mut(g.out_size())
+            .zip(x.par_chunks(g.in_size()))
+            .for_each_init(
+                || {
+                    if direct {
+                        Vec::new()
+                    } else {
+                        vec![T::zero(); ckk * hw + IM2COL_SLACK]
+                    }
+                },
+                |cols, (yb, xb)| {
+                    let src: &[T] = if direct {
+                        xb
+                    } else {
+                        im2col(g, xb, cols);
+                        cols
+                    };
+                    let yb = gemm_rm_uninit(g.c_out, hw, ckk, yb, weight, false, src, false);
+                    epilogue(yb, hw, bias, relu);
+                },
+            );
+    })
 }
 
 /// Adds the per-channel bias and applies ReLU, in place on (channels, hw).
@@ -260,7 +413,7 @@ pub fn conv2d_input_grad<T: Real>(g: &ConvGeometry, dy: &[T], weight: &[T]) -> V
                 if direct {
                     Vec::new()
                 } else {
-                    vec![T::zero(); ckk * hw]
+                    vec![T::zero(); ckk * hw + IM2COL_SLACK]
                 }
             },
             |cols, (dxb, dyb)| {
@@ -316,7 +469,7 @@ pub fn conv2d_weight_grad<T: Real>(
             let mut cols = if direct {
                 Vec::new()
             } else {
-                vec![T::zero(); ckk * hw]
+                vec![T::zero(); ckk * hw + IM2COL_SLACK]
             };
             for b in p * per..((p + 1) * per).min(g.n) {
                 let xb = &x[b * g.in_size()..(b + 1) * g.in_size()];
@@ -366,25 +519,32 @@ pub fn conv2d_weight_grad<T: Real>(
 /// 2x2 max pooling with stride 2 (floor) on (planes, h, w); returns (planes, h/2, w/2).
 pub fn max_pool2x2_forward<T: Real>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
     let (ho, wo) = (h / 2, w / 2);
-    let mut y = vec![T::zero(); planes * ho * wo];
-    y.par_chunks_mut(ho * wo)
-        .zip(x.par_chunks(h * w))
-        .for_each(|(yp, xp)| {
-            for i in 0..ho {
-                let r0 = &xp[2 * i * w..];
-                let r1 = &xp[(2 * i + 1) * w..];
-                for j in 0..wo {
-                    let mut m = r0[2 * j];
-                    for v in [r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]] {
-                        if v > m {
-                            m = v;
+    if ho == 0 || wo == 0 {
+        return Vec::new();
+    }
+    vec_written_by(planes * ho * wo, |y| {
+        y.par_chunks_mut(ho * wo)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(yp, xp)| {
+                for (i, yr) in yp.chunks_exact_mut(wo).enumerate() {
+                    let r0 = &xp[2 * i * w..][..2 * wo];
+                    let r1 = &xp[(2 * i + 1) * w..][..2 * wo];
+                    for ((o, a), b) in yr
+                        .iter_mut()
+                        .zip(r0.chunks_exact(2))
+                        .zip(r1.chunks_exact(2))
+                    {
+                        let mut m = a[0];
+                        for v in [a[1], b[0], b[1]] {
+                            if v > m {
+                                m = v;
+                            }
                         }
+                        o.write(m);
                     }
-                    yp[i * wo + j] = m;
                 }
-            }
-        });
-    y
+            });
+    })
 }
 
 /// Gradient of 2x2 max pooling: each output's gradient goes to the first maximum of its window
@@ -397,30 +557,51 @@ pub fn max_pool2x2_backward<T: Real>(
     w: usize,
 ) -> Vec<T> {
     let (ho, wo) = (h / 2, w / 2);
-    let mut dx = vec![T::zero(); planes * h * w];
-    dx.par_chunks_mut(h * w)
-        .zip(x.par_chunks(h * w))
-        .zip(dy.par_chunks(ho * wo))
-        .for_each(|((dxp, xp), dyp)| {
-            for i in 0..ho {
-                for j in 0..wo {
-                    let idx = [
-                        2 * i * w + 2 * j,
-                        2 * i * w + 2 * j + 1,
-                        (2 * i + 1) * w + 2 * j,
-                        (2 * i + 1) * w + 2 * j + 1,
-                    ];
-                    let mut best = idx[0];
-                    for &k in &idx[1..] {
-                        if xp[k] > xp[best] {
-                            best = k;
-                        }
+    if ho == 0 || wo == 0 {
+        return vec![T::zero(); planes * h * w];
+    }
+    vec_written_by(planes * h * w, |dx| {
+        let z = T::zero();
+        dx.par_chunks_mut(h * w)
+            .zip(x.par_chunks(h * w))
+            .zip(dy.par_chunks(ho * wo))
+            .for_each(|((dxp, xp), dyp)| {
+                for i in 0..ho {
+                    let gr = &dyp[i * wo..(i + 1) * wo];
+                    let r0 = &xp[2 * i * w..][..2 * wo];
+                    let r1 = &xp[(2 * i + 1) * w..][..2 * wo];
+                    let (top, bottom) = dxp[2 * i * w..].split_at_mut(w);
+                    let bottom = &mut bottom[..w];
+                    if w % 2 == 1 {
+                        top[w - 1].write(z);
+                        bottom[w - 1].write(z);
                     }
-                    dxp[best] += dyp[i * wo + j];
+                    for ((((&g, a), b), da), db) in gr
+                        .iter()
+                        .zip(r0.chunks_exact(2))
+                        .zip(r1.chunks_exact(2))
+                        .zip(top.chunks_exact_mut(2))
+                        .zip(bottom.chunks_exact_mut(2))
+                    {
+                        let (mut best, mut m) = (0, a[0]);
+                        for (k, v) in [(1, a[1]), (2, b[0]), (3, b[1])] {
+                            if v > m {
+                                best = k;
+                                m = v;
+                            }
+                        }
+                        da[0].write(if best == 0 { g } else { z });
+                        da[1].write(if best == 1 { g } else { z });
+                        db[0].write(if best == 2 { g } else { z });
+                        db[1].write(if best == 3 { g } else { z });
+                    }
                 }
-            }
-        });
-    dx
+                // a last row that no window covers (odd height; all rows when h < 2)
+                dxp[2 * ho * w..].iter_mut().for_each(|v| {
+                    v.write(z);
+                });
+            });
+    })
 }
 
 /// Dense layer forward: `y (n, out) = x (n, in) * w^T + b`, ReLU if `relu`.

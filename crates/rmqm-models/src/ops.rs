@@ -111,14 +111,22 @@ impl Conv2dOp {
         } else {
             None
         };
+        let want_bias = b.is_some_and(|b| b.track_op());
+        if !w.track_op() && !want_bias {
+            return Ok((dx, None, None));
+        }
+        // One pass over the images gives both: weight gradient then bias gradient, flat.
+        let both = x.apply_op2_no_bwd(&grad, &ConvWeightGrad(g, want_bias))?;
+        let weights = g.c_out * g.ckk();
         let dw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(&grad, &ConvWeightGrad(g))?)
+            Some(both.narrow(0, 0, weights)?.reshape(w.shape())?)
         } else {
             None
         };
-        let db = match b {
-            Some(b) if b.track_op() => Some(grad.sum(3)?.sum(2)?.sum(0)?),
-            _ => None,
+        let db = if want_bias {
+            Some(both.narrow(0, weights, g.c_out)?)
+        } else {
+            None
         };
         Ok((dx, dw, db))
     }
@@ -218,8 +226,9 @@ impl CustomOp2 for ConvInputGrad {
     }
 }
 
-/// Weight gradient of a convolution: applied as `x.apply_op2_no_bwd(dy)`.
-struct ConvWeightGrad(ConvGeometry);
+/// Weight gradient of a convolution, followed by the bias gradient when `.1`, as one flat tensor:
+/// applied as `x.apply_op2_no_bwd(dy)`.
+struct ConvWeightGrad(ConvGeometry, bool);
 
 impl CustomOp2 for ConvWeightGrad {
     fn name(&self) -> &'static str {
@@ -232,17 +241,27 @@ impl CustomOp2 for ConvWeightGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
+        fn run<T: Real>(
+            g: &ConvGeometry,
+            bias: bool,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> Result<CpuStorage> {
+            let (mut dw, db) =
+                kernels::conv2d_weight_grad(g, slice(s1, l1, "x")?, slice(s2, l2, "dy")?, bias);
+            dw.extend(db.unwrap_or_default());
+            Ok(T::to_cpu_storage_owned(dw))
+        }
+        let (g, bias) = (self.0, self.1);
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(
-                kernels::conv2d_weight_grad(&g, slice(s1, l1, "x")?, slice(s2, l2, "dy")?, false).0,
-            ),
-            DType::F64 => f64::to_cpu_storage_owned(
-                kernels::conv2d_weight_grad(&g, slice(s1, l1, "x")?, slice(s2, l2, "dy")?, false).0,
-            ),
+            DType::F32 => run::<f32>(&g, bias, s1, l1, s2, l2)?,
+            DType::F64 => run::<f64>(&g, bias, s1, l1, s2, l2)?,
             d => bail!("conv2d: unsupported dtype {d:?}"),
         };
-        Ok((out, Shape::from((g.c_out, g.c_in, g.kh, g.kw))))
+        let len = g.c_out * g.ckk() + if bias { g.c_out } else { 0 };
+        Ok((out, Shape::from(len)))
     }
 }
 

@@ -39,6 +39,9 @@ fn conv_forward_matches_candle_on_odd_shapes() {
         (1, 4, 6, 6, 2, 1, 2, 0),
         (2, 2, 5, 8, 3, 3, 1, 2),
         (4, 6, 12, 12, 16, 5, 1, 0),
+        (1, 2, 7, 9, 3, 3, 2, 2),
+        (2, 1, 4, 5, 2, 3, 3, 2),
+        (1, 3, 3, 3, 2, 3, 1, 3),
     ]
     .iter()
     .enumerate()
@@ -93,6 +96,8 @@ fn conv_backward_matches_finite_differences() {
         (2, 3, 9, 7, 2, 3, 2, 0, true),
         (1, 2, 5, 5, 4, 1, 2, 0, false),
         (2, 1, 8, 8, 3, 5, 1, 2, true),
+        (1, 2, 7, 9, 2, 3, 2, 2, false),
+        (2, 1, 4, 5, 2, 3, 3, 2, false),
     ]
     .iter()
     .enumerate()
@@ -135,23 +140,28 @@ fn conv_backward_matches_finite_differences() {
 #[test]
 fn pool_backward_matches_finite_differences_not_scaled() {
     // candle 0.11.1's max_pool2d backward scales the gradient by 1/(k*k); ours must not.
-    let x = Var::from_tensor(&rand_tensor(&[2, 3, 6, 5], 5, DType::F64)).unwrap();
-    let loss = || ops::max_pool2x2(x.as_tensor())?.sum_all();
-    let r = check_gradients(std::slice::from_ref(&x), &loss, 1000, 1e-6, 1e-8, 2).unwrap();
-    assert!(r.max_relative_error < 1e-6, "{r:?}");
-    let g = loss().unwrap().backward().unwrap();
-    let total = g
-        .get(x.as_tensor())
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    assert_eq!(
-        total,
-        (2 * 3 * 3 * 2) as f64,
-        "one unit of gradient per pooled output"
-    );
+    // even and odd sides (the backward writes every input position, uncovered ones as 0)
+    for (shape, outputs) in [
+        ([2, 3, 6, 5], 2 * 3 * 3 * 2),
+        ([1, 2, 7, 5], 2 * 3 * 2),
+        ([1, 1, 1, 4], 0),
+    ] {
+        let x = Var::from_tensor(&rand_tensor(&shape, 5, DType::F64)).unwrap();
+        let loss = || weighted_sum(&ops::max_pool2x2(x.as_tensor())?, 6).sum_all();
+        let r = check_gradients(std::slice::from_ref(&x), &loss, 1000, 1e-6, 1e-8, 2).unwrap();
+        assert!(r.max_relative_error < 1e-6, "{shape:?}: {r:?}");
+        let count = || ops::max_pool2x2(x.as_tensor())?.sum_all();
+        let g = count().unwrap().backward().unwrap();
+        let dx = g.get(x.as_tensor()).unwrap();
+        assert_eq!(dx.dims(), &shape);
+        let values: Vec<f64> = dx.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(values.iter().all(|&v| v == 0.0 || v == 1.0), "{shape:?}");
+        assert_eq!(
+            values.iter().sum::<f64>(),
+            outputs as f64,
+            "one unit of gradient per pooled output"
+        );
+    }
 }
 
 #[test]
