@@ -17,9 +17,24 @@ pub trait Real:
     + Send
     + Sync
 {
+    /// `if take_a { a } else { b }` computed with bit masks, so that the compiler emits no branch
+    /// (for choices as unpredictable as the winner of a pooling window).
+    fn select(take_a: bool, a: Self, b: Self) -> Self;
 }
-impl Real for f32 {}
-impl Real for f64 {}
+impl Real for f32 {
+    #[inline(always)]
+    fn select(take_a: bool, a: f32, b: f32) -> f32 {
+        let mask = (take_a as u32).wrapping_neg();
+        f32::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
+    }
+}
+impl Real for f64 {
+    #[inline(always)]
+    fn select(take_a: bool, a: f64, b: f64) -> f64 {
+        let mask = (take_a as u64).wrapping_neg();
+        f64::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
+    }
+}
 
 /// A vector of `n` elements that `write` fills completely before anything reads them; skips
 /// zeroing memory that is about to be overwritten (a measurable share of small-model time).
@@ -548,7 +563,8 @@ pub fn max_pool2x2_forward<T: Real>(x: &[T], planes: usize, h: usize, w: usize) 
 }
 
 /// Gradient of 2x2 max pooling: each output's gradient goes to the first maximum of its window
-/// (row-major order), as PyTorch's CPU kernel does.
+/// (row-major order), as PyTorch's CPU kernel does. The window's winner is found with selects
+/// rather than branches (random data mispredicts every other branch).
 pub fn max_pool2x2_backward<T: Real>(
     x: &[T],
     dy: &[T],
@@ -560,8 +576,8 @@ pub fn max_pool2x2_backward<T: Real>(
     if ho == 0 || wo == 0 {
         return vec![T::zero(); planes * h * w];
     }
+    let zero = T::zero();
     vec_written_by(planes * h * w, |dx| {
-        let z = T::zero();
         dx.par_chunks_mut(h * w)
             .zip(x.par_chunks(h * w))
             .zip(dy.par_chunks(ho * wo))
@@ -573,32 +589,30 @@ pub fn max_pool2x2_backward<T: Real>(
                     let (top, bottom) = dxp[2 * i * w..].split_at_mut(w);
                     let bottom = &mut bottom[..w];
                     if w % 2 == 1 {
-                        top[w - 1].write(z);
-                        bottom[w - 1].write(z);
+                        top[w - 1].write(zero);
+                        bottom[w - 1].write(zero);
                     }
-                    for ((((&g, a), b), da), db) in gr
-                        .iter()
-                        .zip(r0.chunks_exact(2))
-                        .zip(r1.chunks_exact(2))
-                        .zip(top.chunks_exact_mut(2))
-                        .zip(bottom.chunks_exact_mut(2))
-                    {
-                        let (mut best, mut m) = (0, a[0]);
-                        for (k, v) in [(1, a[1]), (2, b[0]), (3, b[1])] {
-                            if v > m {
-                                best = k;
-                                m = v;
-                            }
-                        }
-                        da[0].write(if best == 0 { g } else { z });
-                        da[1].write(if best == 1 { g } else { z });
-                        db[0].write(if best == 2 { g } else { z });
-                        db[1].write(if best == 3 { g } else { z });
+                    let (top, bottom) = (&mut top[..2 * wo], &mut bottom[..2 * wo]);
+                    for j in 0..wo {
+                        let g = gr[j];
+                        let (a, b) = (r0[2 * j], r0[2 * j + 1]);
+                        let (c, d) = (r1[2 * j], r1[2 * j + 1]);
+                        // the running maximum and its position, as the forward compares
+                        let up = b > a;
+                        let (m, k) = (T::select(up, b, a), up as u8);
+                        let up = c > m;
+                        let (m, k) = (T::select(up, c, m), k + up as u8 * (2 - k));
+                        let up = d > m;
+                        let k = k + up as u8 * (3 - k);
+                        top[2 * j].write(T::select(k == 0, g, zero));
+                        top[2 * j + 1].write(T::select(k == 1, g, zero));
+                        bottom[2 * j].write(T::select(k == 2, g, zero));
+                        bottom[2 * j + 1].write(T::select(k == 3, g, zero));
                     }
                 }
-                // a last row that no window covers (odd height; all rows when h < 2)
+                // a last row that no window covers (odd height)
                 dxp[2 * ho * w..].iter_mut().for_each(|v| {
-                    v.write(z);
+                    v.write(zero);
                 });
             });
     })
@@ -909,6 +923,28 @@ mod tests {
         let y = linear_forward(&[f32::NAN, 1.0], &[1.0, 1.0], None, 1, 2, 1, true);
         assert!(y[0].is_nan());
         assert!(relu_mask(&[2.0f32, 3.0], &[f32::NAN, 0.0])[0] == 2.0);
+    }
+
+    #[test]
+    fn pool_gradient_goes_to_the_first_maximum_with_ties_and_nan() {
+        // windows (row-major a b / c d): tie between b and d; NaN first; NaN second; all equal
+        let nan = f32::NAN;
+        let x = [
+            1.0, 5.0, nan, 2.0, 3.0, nan, 1.0, 1.0, //
+            0.0, 5.0, 7.0, 9.0, 4.0, 2.0, 1.0, 1.0,
+        ];
+        let y = max_pool2x2_forward(&x, 1, 2, 8);
+        assert_eq!(y[0], 5.0);
+        assert!(y[1].is_nan());
+        assert_eq!((y[2], y[3]), (4.0, 1.0));
+        let dx = max_pool2x2_backward(&x, &[1.0, 2.0, 3.0, 4.0], 1, 2, 8);
+        assert_eq!(
+            dx,
+            vec![
+                0.0, 1.0, 2.0, 0.0, 0.0, 0.0, 4.0, 0.0, //
+                0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0
+            ]
+        );
     }
 
     #[test]
