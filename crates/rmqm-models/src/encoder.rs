@@ -3,7 +3,6 @@
 
 use crate::config::{Arch, ModelConfig};
 use crate::layers::{BatchNorm2d, Conv2d, Dense, global_average_pool};
-use crate::ops;
 use crate::params::ParamStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::collections::HashMap;
@@ -233,8 +232,8 @@ impl Encoder {
         let x = x.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
         let features = match &self.body {
             Body::LeNet(l) => {
-                let y = ops::max_pool2x2(&l.conv1.forward(&x, true)?)?;
-                let y = ops::max_pool2x2(&l.conv2.forward(&y, true)?)?;
+                let y = l.conv1.forward_relu_pool(&x)?;
+                let y = l.conv2.forward_relu_pool(&y)?;
                 y.flatten_from(1)?
             }
             Body::ResNet(r) => {

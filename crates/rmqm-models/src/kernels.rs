@@ -38,7 +38,10 @@ impl Real for f64 {
 
 /// A vector of `n` elements that `write` fills completely before anything reads them; skips
 /// zeroing memory that is about to be overwritten (a measurable share of small-model time).
-fn vec_written_by<T: Real>(n: usize, write: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+pub(crate) fn vec_written_by<T: Real>(
+    n: usize,
+    write: impl FnOnce(&mut [MaybeUninit<T>]),
+) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
     write(&mut v.spare_capacity_mut()[..n]);
     // SAFETY: every caller's `write` initialises all n elements (each kernel is tested against a
@@ -223,10 +226,10 @@ impl ConvGeometry {
     pub fn ckk(&self) -> usize {
         self.c_in * self.kh * self.kw
     }
-    fn in_size(&self) -> usize {
+    pub(crate) fn in_size(&self) -> usize {
         self.c_in * self.h * self.w
     }
-    fn out_size(&self) -> usize {
+    pub(crate) fn out_size(&self) -> usize {
         self.c_out * self.ho() * self.wo()
     }
 }
@@ -247,7 +250,9 @@ fn valid_columns(g: &ConvGeometry, kj: usize, wo: usize) -> (usize, usize) {
 /// Elements `im2col` may write past the end of `cols`: give it `ckk * ho * wo + IM2COL_SLACK`.
 pub const IM2COL_SLACK: usize = 8;
 
-/// Unfolds one image (c_in, h, w) into `cols` (c_in*kh*kw, ho*wo).
+/// Unfolds one image (c_in, h, w) at the start of `x` into `cols` (c_in*kh*kw, ho*wo). Elements
+/// after the image (the batch's next images) may be read but are not used: fixed-size copies run
+/// past the end of a row segment and need something readable there.
 pub fn im2col<T: Real>(g: &ConvGeometry, x: &[T], cols: &mut [T]) {
     let (ho, wo) = (g.ho(), g.wo());
     let hw = ho * wo;
@@ -378,32 +383,32 @@ pub fn conv2d_forward<T: Real>(
     let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
     let direct = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.padding == 0;
     vec_written_by(g.n * g.out_size(), |y| {
-        y.par_chunks_mut(g.out_size())
-            .zip(x.par_chunks(g.in_size()))
-            .for_each_init(
-                || {
-                    if direct {
-                        Vec::new()
-                    } else {
-                        vec![T::zero(); ckk * hw + IM2COL_SLACK]
-                    }
-                },
-                |cols, (yb, xb)| {
-                    let src: &[T] = if direct {
-                        xb
-                    } else {
-                        im2col(g, xb, cols);
-                        cols
-                    };
-                    let yb = gemm_rm_uninit(g.c_out, hw, ckk, yb, weight, false, src, false);
-                    epilogue(yb, hw, bias, relu);
-                },
-            );
+        y.par_chunks_mut(g.out_size()).enumerate().for_each_init(
+            || {
+                if direct {
+                    Vec::new()
+                } else {
+                    vec![T::zero(); ckk * hw + IM2COL_SLACK]
+                }
+            },
+            |cols, (b, yb)| {
+                // the image and everything after it (im2col may read past the image)
+                let xb = &x[b * g.in_size()..];
+                let src: &[T] = if direct {
+                    xb
+                } else {
+                    im2col(g, xb, cols);
+                    cols
+                };
+                let yb = gemm_rm_uninit(g.c_out, hw, ckk, yb, weight, false, src, false);
+                epilogue(yb, hw, bias, relu);
+            },
+        );
     })
 }
 
 /// Adds the per-channel bias and applies ReLU, in place on (channels, hw).
-fn epilogue<T: Real>(y: &mut [T], hw: usize, bias: Option<&[T]>, relu: bool) {
+pub(crate) fn epilogue<T: Real>(y: &mut [T], hw: usize, bias: Option<&[T]>, relu: bool) {
     if bias.is_none() && !relu {
         return;
     }
@@ -487,7 +492,7 @@ pub fn conv2d_weight_grad<T: Real>(
                 vec![T::zero(); ckk * hw + IM2COL_SLACK]
             };
             for b in p * per..((p + 1) * per).min(g.n) {
-                let xb = &x[b * g.in_size()..(b + 1) * g.in_size()];
+                let xb = &x[b * g.in_size()..];
                 let dyb = &dy[b * g.out_size()..(b + 1) * g.out_size()];
                 let src: &[T] = if direct {
                     xb

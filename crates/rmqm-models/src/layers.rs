@@ -54,6 +54,13 @@ impl Conv2d {
             relu,
         )
     }
+    /// Applies the convolution, ReLU and 2x2 max pooling (one fused op when there is a bias).
+    pub fn forward_relu_pool(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => ops::conv2d_relu_pool(x, &self.weight, b, self.stride, self.padding),
+            None => ops::max_pool2x2(&self.forward(x, true)?),
+        }
+    }
 }
 
 /// A dense layer `x w^T + b`.

@@ -25,6 +25,37 @@ fn dims4(l: &Layout, what: &str) -> Result<(usize, usize, usize, usize)> {
     }
 }
 
+/// The geometry of convolving input `x` (NCHW) with weight `w` (OIHW), checked.
+pub(crate) fn conv_geometry(
+    x: &Layout,
+    w: &Layout,
+    stride: usize,
+    padding: usize,
+) -> Result<ConvGeometry> {
+    let (n, c_in, h, wd) = dims4(x, "conv2d input")?;
+    let (c_out, c_in2, kh, kw) = dims4(w, "conv2d weight")?;
+    if c_in != c_in2 {
+        bail!("conv2d: input has {c_in} channels, weight expects {c_in2}");
+    }
+    if h + 2 * padding < kh || wd + 2 * padding < kw {
+        bail!("conv2d: kernel {kh}x{kw} larger than padded input {h}x{wd}");
+    }
+    if stride == 0 {
+        bail!("conv2d: stride must be positive");
+    }
+    Ok(ConvGeometry {
+        n,
+        c_in,
+        h,
+        w: wd,
+        c_out,
+        kh,
+        kw,
+        stride,
+        padding,
+    })
+}
+
 /// A 2-D convolution (NCHW, OIHW weight) with optional fused bias and ReLU.
 #[derive(Debug, Clone, Copy)]
 pub struct Conv2dOp {
@@ -38,25 +69,7 @@ pub struct Conv2dOp {
 
 impl Conv2dOp {
     fn geometry(&self, x: &Layout, w: &Layout) -> Result<ConvGeometry> {
-        let (n, c_in, h, wd) = dims4(x, "conv2d input")?;
-        let (c_out, c_in2, kh, kw) = dims4(w, "conv2d weight")?;
-        if c_in != c_in2 {
-            bail!("conv2d: input has {c_in} channels, weight expects {c_in2}");
-        }
-        if h + 2 * self.padding < kh || wd + 2 * self.padding < kw {
-            bail!("conv2d: kernel {kh}x{kw} larger than padded input {h}x{wd}");
-        }
-        Ok(ConvGeometry {
-            n,
-            c_in,
-            h,
-            w: wd,
-            c_out,
-            kh,
-            kw,
-            stride: self.stride,
-            padding: self.padding,
-        })
+        conv_geometry(x, w, self.stride, self.padding)
     }
 
     fn forward(
@@ -728,6 +741,25 @@ pub fn conv2d(
         Some(b) => x.apply_op3(w, b, op),
         None => x.apply_op2(w, op),
     }
+}
+
+/// `max_pool2x2(relu(conv2d(x, w) + b))` as one op (see [`crate::conv_pool`]); with candle's
+/// default ops when they are switched on.
+pub fn conv2d_relu_pool(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if candle_default() {
+        return max_pool2x2(&conv2d(x, w, Some(b), stride, padding, true)?);
+    }
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        crate::conv_pool::ConvReluPoolOp::new(stride, padding),
+    )
 }
 
 /// 2x2 max pooling, stride 2.

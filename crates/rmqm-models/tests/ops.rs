@@ -349,3 +349,126 @@ fn saved_models_reload_to_identical_outputs() {
         .unwrap();
     assert!(e.contains("junk.safetensors"), "{e}");
 }
+
+/// (n, c_in, h, w, c_out, k, stride, padding, bias shift): odd convolution outputs (a row and a
+/// column no window covers), stride 2, padding, and a negative bias that zeroes most windows.
+const CONV_POOL_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize, f64)] = &[
+    (2, 1, 12, 12, 3, 5, 1, 2, 0.0),
+    (3, 2, 9, 8, 4, 3, 1, 0, 0.0),
+    (2, 3, 11, 9, 2, 3, 2, 1, 0.0),
+    (2, 2, 7, 7, 3, 3, 1, 1, -0.8),
+];
+
+fn conv_pool_inputs(i: usize, dtype: DType) -> (Tensor, Tensor, Tensor, usize, usize) {
+    let (n, c_in, h, w, c_out, k, stride, pad, shift) = CONV_POOL_CASES[i];
+    let x = rand_tensor(&[n, c_in, h, w], 300 + i as u64, dtype);
+    let wt = rand_tensor(&[c_out, c_in, k, k], 310 + i as u64, dtype);
+    let b = rand_tensor(&[c_out], 320 + i as u64, dtype)
+        .affine(0.1, shift)
+        .unwrap();
+    (x, wt, b, stride, pad)
+}
+
+#[test]
+fn fused_conv_relu_pool_forward_equals_the_unfused_ops() {
+    for i in 0..CONV_POOL_CASES.len() {
+        let (x, wt, b, stride, pad) = conv_pool_inputs(i, DType::F32);
+        let fused = ops::conv2d_relu_pool(&x, &wt, &b, stride, pad).unwrap();
+        let unfused =
+            ops::max_pool2x2(&ops::conv2d(&x, &wt, Some(&b), stride, pad, true).unwrap()).unwrap();
+        let candle = x
+            .conv2d(&wt, pad, stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap()
+            .max_pool2d(2)
+            .unwrap();
+        assert_eq!(fused.dims(), unfused.dims(), "case {i}");
+        assert_eq!(max_abs_diff(&fused, &unfused), 0.0, "case {i}");
+        assert!(max_abs_diff(&fused, &candle) < 1e-5, "case {i}");
+    }
+}
+
+#[test]
+fn fused_conv_relu_pool_gradients_equal_the_unfused_ops_and_finite_differences() {
+    for i in 0..CONV_POOL_CASES.len() {
+        let (x, wt, b, stride, pad) = conv_pool_inputs(i, DType::F64);
+        let (x, wt, b) = (
+            Var::from_tensor(&x).unwrap(),
+            Var::from_tensor(&wt).unwrap(),
+            Var::from_tensor(&b).unwrap(),
+        );
+        let fused = || {
+            Ok(weighted_sum(
+                &ops::conv2d_relu_pool(x.as_tensor(), wt.as_tensor(), b.as_tensor(), stride, pad)?,
+                77,
+            ))
+        };
+        let unfused = || -> candle_core::Result<Tensor> {
+            Ok(weighted_sum(
+                &ops::max_pool2x2(&ops::conv2d(
+                    x.as_tensor(),
+                    wt.as_tensor(),
+                    Some(b.as_tensor()),
+                    stride,
+                    pad,
+                    true,
+                )?)?,
+                77,
+            ))
+        };
+        let (gf, gu) = (
+            fused().unwrap().backward().unwrap(),
+            unfused().unwrap().backward().unwrap(),
+        );
+        for v in [&x, &wt, &b] {
+            let (a, e) = (
+                gf.get(v.as_tensor()).unwrap(),
+                gu.get(v.as_tensor()).unwrap(),
+            );
+            assert_eq!(a.dims(), e.dims(), "case {i}");
+            assert!(max_abs_diff(a, e) < 1e-12, "case {i}");
+        }
+        let r = check_gradients(
+            &[x.clone(), wt.clone(), b.clone()],
+            &fused,
+            60,
+            1e-6,
+            1e-8,
+            3,
+        )
+        .unwrap();
+        assert!(r.max_relative_error < 1e-5, "case {i}: {r:?}");
+    }
+}
+
+#[test]
+fn fused_conv_relu_pool_computes_only_the_gradients_asked_for() {
+    let (x, wt, b, stride, pad) = conv_pool_inputs(0, DType::F64);
+    // PGD: only the image
+    let xv = Var::from_tensor(&x).unwrap();
+    let y = ops::conv2d_relu_pool(xv.as_tensor(), &wt, &b, stride, pad).unwrap();
+    let g = weighted_sum(&y, 5).backward().unwrap();
+    let dx = g.get(xv.as_tensor()).unwrap();
+    assert_eq!(dx.dims(), x.dims());
+    let reference = {
+        let y = ops::max_pool2x2(
+            &ops::conv2d(xv.as_tensor(), &wt, Some(&b), stride, pad, true).unwrap(),
+        )
+        .unwrap();
+        weighted_sum(&y, 5).backward().unwrap()
+    };
+    assert!(max_abs_diff(dx, reference.get(xv.as_tensor()).unwrap()) < 1e-12);
+    // training: only the parameters
+    let (wv, bv) = (
+        Var::from_tensor(&wt).unwrap(),
+        Var::from_tensor(&b).unwrap(),
+    );
+    let y = ops::conv2d_relu_pool(&x, wv.as_tensor(), bv.as_tensor(), stride, pad).unwrap();
+    let g = weighted_sum(&y, 5).backward().unwrap();
+    assert!(g.get(&x).is_none());
+    assert_eq!(g.get(wv.as_tensor()).unwrap().dims(), wt.dims());
+    assert_eq!(g.get(bv.as_tensor()).unwrap().dims(), b.dims());
+}
