@@ -32,7 +32,7 @@ pub struct Measure {
 }
 
 fn main() {
-    rmqm_cli::keep_freed_memory();
+    rmqm_cli::prepare_process();
     if let Err(e) = real_main() {
         eprintln!("rmqm-bench: error: {e:#}");
         std::process::exit(1);
