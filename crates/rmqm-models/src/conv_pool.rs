@@ -96,9 +96,8 @@ pub fn conv_relu_pool_forward<T: Real>(
     (y, codes)
 }
 
-/// Backward: from the pooled gradient `dy` and the forward's codes, the input gradient (when
-/// `want_input`) and the weight and bias gradients (when `want_params`; empty otherwise).
-#[allow(clippy::type_complexity)]
+/// Backward: from the pooled gradient `dy` and the forward's codes, one flat vector holding the
+/// input gradient (when `want_input`), then the weight and bias gradients (when `want_params`).
 pub fn conv_relu_pool_backward<T: Real>(
     g: &ConvGeometry,
     x: &[T],
@@ -107,19 +106,23 @@ pub fn conv_relu_pool_backward<T: Real>(
     dy: &[T],
     want_input: bool,
     want_params: bool,
-) -> (Option<Vec<T>>, Vec<T>, Vec<T>) {
+) -> Vec<T> {
     let (ho, wo) = (g.ho(), g.wo());
     let (hw, ckk) = (ho * wo, g.ckk());
     let (po, qo) = (ho / 2, wo / 2);
     let pooled = g.c_out * po * qo;
     let parts = rayon::current_num_threads().clamp(1, g.n.max(1));
     let per = g.n.div_ceil(parts).max(1);
-    let mut dx = want_input.then(|| vec![T::zero(); g.n * g.in_size()]);
-    let dx_parts: Vec<Option<&mut [T]>> = match dx.as_mut() {
-        Some(d) if !d.is_empty() => d.chunks_mut(per * g.in_size()).map(Some).collect(),
-        _ => (0..g.n.div_ceil(per)).map(|_| None).collect(),
-    };
+    let inputs = if want_input { g.n * g.in_size() } else { 0 };
     let params = if want_params { g.c_out * ckk } else { 0 };
+    let biases = if want_params { g.c_out } else { 0 };
+    let mut flat = vec![T::zero(); inputs + params + biases];
+    let (dx, tail) = flat.split_at_mut(inputs);
+    let dx_parts: Vec<Option<&mut [T]>> = if inputs > 0 {
+        dx.chunks_mut(per * g.in_size()).map(Some).collect()
+    } else {
+        (0..g.n.div_ceil(per)).map(|_| None).collect()
+    };
     let partials: Vec<(Vec<T>, Vec<T>)> = dx_parts
         .into_par_iter()
         .enumerate()
@@ -184,15 +187,12 @@ pub fn conv_relu_pool_backward<T: Real>(
             (dw, db)
         })
         .collect();
-    let mut iter = partials.into_iter();
-    let (mut dw, mut db) = iter
-        .next()
-        .unwrap_or_else(|| (vec![T::zero(); params], vec![T::zero(); g.c_out]));
-    for (w2, b2) in iter {
+    let (dw, db) = tail.split_at_mut(params);
+    for (w2, b2) in partials {
         dw.iter_mut().zip(w2).for_each(|(a, b)| *a += b);
         db.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
     }
-    (dx, dw, db)
+    flat
 }
 
 fn slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
@@ -346,7 +346,7 @@ impl CustomOp3 for ConvReluPoolGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         fn run<T: Real>(op: &ConvReluPoolGrad, s: [(&CpuStorage, &Layout); 3]) -> Result<Vec<T>> {
-            let (dx, dw, db) = conv_relu_pool_backward(
+            Ok(conv_relu_pool_backward(
                 &op.g,
                 slice::<T>(s[0].0, s[0].1, "input")?,
                 slice::<T>(s[1].0, s[1].1, "weight")?,
@@ -354,11 +354,7 @@ impl CustomOp3 for ConvReluPoolGrad {
                 slice::<T>(s[2].0, s[2].1, "gradient")?,
                 op.want_input,
                 op.want_params,
-            );
-            let mut flat = dx.unwrap_or_default();
-            flat.extend(dw);
-            flat.extend(db);
-            Ok(flat)
+            ))
         }
         let s = [(s1, l1), (s2, l2), (s3, l3)];
         let out = match s1.dtype() {

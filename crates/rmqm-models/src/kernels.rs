@@ -248,7 +248,7 @@ fn valid_columns(g: &ConvGeometry, kj: usize, wo: usize) -> (usize, usize) {
 }
 
 /// Elements `im2col` may write past the end of `cols`: give it `ckk * ho * wo + IM2COL_SLACK`.
-pub const IM2COL_SLACK: usize = 8;
+pub const IM2COL_SLACK: usize = 16;
 
 /// Unfolds one image (c_in, h, w) at the start of `x` into `cols` (c_in*kh*kw, ho*wo). Elements
 /// after the image (the batch's next images) may be read but are not used: fixed-size copies run
@@ -278,7 +278,9 @@ pub fn im2col<T: Real>(g: &ConvGeometry, x: &[T], cols: &mut [T]) {
                 let src0 = ci * plane_size + (oi_lo * s + ki - p) * g.w + lo * s + kj - p;
                 let dst0 = row_start + oi_lo * wo + lo;
                 let (rows, len) = (oi_hi - oi_lo, hi - lo);
-                let chunks = len.div_ceil(8);
+                // one zmm register of f32 per chunk: most LeNet segments are one or two chunks
+                const CHUNK: usize = 16;
+                let chunks = len.div_ceil(CHUNK);
                 // Segments whose fixed-size chunks stay inside x and cols (all but the last
                 // one or two, near the end of the image).
                 let fits = |end: usize, len: usize, stride: usize| {
@@ -289,8 +291,8 @@ pub fn im2col<T: Real>(g: &ConvGeometry, x: &[T], cols: &mut [T]) {
                     }
                 };
                 let fast = if s == 1 {
-                    fits(src0 + chunks * 8, x.len(), g.w).min(fits(
-                        dst0 + chunks * 8,
+                    fits(src0 + chunks * CHUNK, x.len(), g.w).min(fits(
+                        dst0 + chunks * CHUNK,
                         cols.len(),
                         wo,
                     ))
@@ -298,10 +300,10 @@ pub fn im2col<T: Real>(g: &ConvGeometry, x: &[T], cols: &mut [T]) {
                     0
                 };
                 if fast > 0 {
-                    // Fixed chunks of 8 may run past a segment into later positions, all
+                    // Fixed chunks may run past a segment into later positions, all
                     // written afterwards in order (the next segments, the zero fills below).
-                    // SAFETY: segment r < fast reads src0 + r * w .. + chunks * 8 <= x.len()
-                    // and writes dst0 + r * wo .. + chunks * 8 <= cols.len() (checked by
+                    // SAFETY: segment r < fast reads src0 + r * w .. + chunks * CHUNK <= x.len()
+                    // and writes dst0 + r * wo .. + chunks * CHUNK <= cols.len() (checked by
                     // `fits`); x and cols do not overlap (one is borrowed shared, the other
                     // exclusively).
                     unsafe {
@@ -309,7 +311,11 @@ pub fn im2col<T: Real>(g: &ConvGeometry, x: &[T], cols: &mut [T]) {
                         for r in 0..fast {
                             let (sr, dr) = (src.add(r * g.w), dst.add(r * wo));
                             for c in 0..chunks {
-                                std::ptr::copy_nonoverlapping(sr.add(c * 8), dr.add(c * 8), 8);
+                                std::ptr::copy_nonoverlapping(
+                                    sr.add(c * CHUNK),
+                                    dr.add(c * CHUNK),
+                                    CHUNK,
+                                );
                             }
                         }
                     }

@@ -350,9 +350,12 @@ fn saved_models_reload_to_identical_outputs() {
     assert!(e.contains("junk.safetensors"), "{e}");
 }
 
-/// (n, c_in, h, w, c_out, k, stride, padding, bias shift): odd convolution outputs (a row and a
+/// One fused-op case: (n, c_in, h, w, c_out, k, stride, padding, bias shift).
+type ConvPoolCase = (usize, usize, usize, usize, usize, usize, usize, usize, f64);
+
+/// Cases with odd convolution outputs (a row and a
 /// column no window covers), stride 2, padding, and a negative bias that zeroes most windows.
-const CONV_POOL_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize, f64)] = &[
+const CONV_POOL_CASES: &[ConvPoolCase] = &[
     (2, 1, 12, 12, 3, 5, 1, 2, 0.0),
     (3, 2, 9, 8, 4, 3, 1, 0, 0.0),
     (2, 3, 11, 9, 2, 3, 2, 1, 0.0),
