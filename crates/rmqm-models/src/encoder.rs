@@ -3,6 +3,7 @@
 
 use crate::config::{Arch, ModelConfig};
 use crate::layers::{BatchNorm2d, Conv2d, Dense, global_average_pool};
+use crate::ops;
 use crate::params::ParamStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::collections::HashMap;
@@ -71,14 +72,13 @@ impl BasicBlock {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self
             .bn1
-            .forward(&self.conv1.forward(x, false)?, train)?
-            .relu()?;
+            .forward_relu(&self.conv1.forward(x, false)?, train)?;
         let y = self.bn2.forward(&self.conv2.forward(&y, false)?, train)?;
         let s = match &self.shortcut {
             Some((conv, bn)) => bn.forward(&conv.forward(x, false)?, train)?,
             None => x.clone(),
         };
-        (y + s)?.relu()
+        ops::add_relu(&y, &s)
     }
 }
 
@@ -237,10 +237,7 @@ impl Encoder {
                 y.flatten_from(1)?
             }
             Body::ResNet(r) => {
-                let mut y = r
-                    .stem_bn
-                    .forward(&r.stem.forward(&x, false)?, train)?
-                    .relu()?;
+                let mut y = r.stem_bn.forward_relu(&r.stem.forward(&x, false)?, train)?;
                 for b in &r.blocks {
                     y = b.forward(&y, train)?;
                 }

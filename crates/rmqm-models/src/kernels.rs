@@ -710,10 +710,32 @@ fn parallelism(flops: usize) -> Parallelism {
 /// Multiplies `dy` by the ReLU mask of the forward result `y` (1 where y > 0); a NaN in `y` passes
 /// its gradient on, so a NaN reaches the parameters and the loss check instead of hiding as zero.
 pub fn relu_mask<T: Real>(dy: &[T], y: &[T]) -> Vec<T> {
-    dy.iter()
-        .zip(y)
-        .map(|(&g, &v)| if v <= T::zero() { T::zero() } else { g })
-        .collect()
+    const CHUNK: usize = 1 << 14;
+    vec_written_by(dy.len(), |out| {
+        out.par_chunks_mut(CHUNK)
+            .zip(dy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
+            .for_each(|(oc, (gc, yc))| {
+                for ((o, &g), &v) in oc.iter_mut().zip(gc).zip(yc) {
+                    o.write(if v <= T::zero() { T::zero() } else { g });
+                }
+            });
+    })
+}
+
+/// `relu(a + b)` elementwise (ResNet's residual join), split over cores.
+pub fn add_relu<T: Real>(a: &[T], b: &[T]) -> Vec<T> {
+    assert_eq!(a.len(), b.len(), "add_relu operand sizes");
+    const CHUNK: usize = 1 << 14;
+    vec_written_by(a.len(), |y| {
+        y.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(yc, (ac, bc))| {
+                for ((o, &u), &v) in yc.iter_mut().zip(ac).zip(bc) {
+                    let z = u + v;
+                    o.write(if z <= T::zero() { T::zero() } else { z });
+                }
+            });
+    })
 }
 
 /// Per-channel mean and biased variance of an NCHW tensor (as f64), channels in parallel.
@@ -736,8 +758,35 @@ pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, hw: usize) -> (Vec<f6
         .unzip()
 }
 
+/// What a training-mode batch-norm forward used: kept for its backward (no second pass for the
+/// statistics) and for the layer's running statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNormState {
+    /// Per-channel batch mean.
+    pub mean: Vec<f64>,
+    /// Per-channel biased batch variance.
+    pub var: Vec<f64>,
+    /// 1 / sqrt(var + eps).
+    pub inv_sigma: Vec<f64>,
+    /// gamma / sqrt(var + eps), before rounding to the element type.
+    pub scale: Vec<f64>,
+    /// beta - mean * scale (scale rounded to the element type), before rounding.
+    pub shift: Vec<f64>,
+}
+
+impl BatchNormState {
+    /// The per-channel scale and shift in the element type, exactly as the forward applied them.
+    fn affine<T: Real>(&self) -> (Vec<T>, Vec<T>) {
+        (
+            self.scale.iter().map(|&v| T::from_f64(v)).collect(),
+            self.shift.iter().map(|&v| T::from_f64(v)).collect(),
+        )
+    }
+}
+
 /// Batch-norm forward in training mode: y = gamma (x - mean) / sqrt(var + eps) + beta with the
-/// batch's per-channel statistics.
+/// batch's per-channel statistics, then ReLU if `relu`; returns y and what it used.
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_forward<T: Real>(
     x: &[T],
     gamma: &[T],
@@ -746,57 +795,78 @@ pub fn batch_norm_forward<T: Real>(
     c: usize,
     hw: usize,
     eps: f64,
-) -> Vec<T> {
+    relu: bool,
+) -> (Vec<T>, BatchNormState) {
     let (mean, var) = channel_stats(x, n, c, hw);
-    let scale: Vec<T> = (0..c)
-        .map(|k| T::from_f64(gamma[k].to_f64() / (var[k] + eps).sqrt()))
+    let inv_sigma: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let scale: Vec<f64> = (0..c)
+        .map(|k| gamma[k].to_f64() / (var[k] + eps).sqrt())
         .collect();
-    let shift: Vec<T> = (0..c)
-        .map(|k| T::from_f64(beta[k].to_f64() - mean[k] * scale[k].to_f64()))
+    let shift: Vec<f64> = (0..c)
+        .map(|k| beta[k].to_f64() - mean[k] * T::from_f64(scale[k]).to_f64())
         .collect();
-    channel_affine(x, &scale, &shift, n, c, hw)
+    let state = BatchNormState {
+        mean,
+        var,
+        inv_sigma,
+        scale,
+        shift,
+    };
+    let (scale_t, shift_t) = state.affine::<T>();
+    (channel_affine(x, &scale_t, &shift_t, c, hw, relu), state)
 }
 
-/// y = x * scale[c] + shift[c] per channel of an NCHW tensor.
+/// y = x * scale[c] + shift[c] per channel of an NCHW tensor, then ReLU if `relu`.
 pub fn channel_affine<T: Real>(
     x: &[T],
     scale: &[T],
     shift: &[T],
-    n: usize,
     c: usize,
     hw: usize,
+    relu: bool,
 ) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .enumerate()
-        .for_each(|(i, (yp, xp))| {
-            let (a, b) = (scale[i % c], shift[i % c]);
-            for (o, &v) in yp.iter_mut().zip(xp) {
-                *o = v * a + b;
-            }
-        });
-    let _ = n;
-    y
+    if hw == 0 || c == 0 {
+        return x.to_vec();
+    }
+    vec_written_by(x.len(), |y| {
+        y.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(i, (yp, xp))| {
+                let (a, b) = (scale[i % c], shift[i % c]);
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    let z = v * a + b;
+                    o.write(if relu && z <= T::zero() { T::zero() } else { z });
+                }
+            });
+    })
 }
 
-/// Per-channel sums of `g` and of `g * x` over an NCHW tensor.
+/// Per-channel sums of `g` and of `g * x` over an NCHW tensor; with `mask` = (scale, shift),
+/// `g` counts only where `x * scale + shift` (the pre-ReLU output) is not <= 0.
 pub fn channel_sums<T: Real>(
     g: &[T],
     x: &[T],
     n: usize,
     c: usize,
     hw: usize,
+    mask: Option<(&[T], &[T])>,
 ) -> (Vec<f64>, Vec<f64>) {
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-            for b in 0..n {
-                let off = (b * c + ch) * hw;
+            let (a, b) = mask.map_or((T::zero(), T::zero()), |(s, t)| (s[ch], t[ch]));
+            for i in 0..n {
+                let off = (i * c + ch) * hw;
                 for (&gv, &xv) in g[off..off + hw].iter().zip(&x[off..off + hw]) {
-                    sg += gv.to_f64();
-                    sgx += gv.to_f64() * xv.to_f64();
+                    let gv = if mask.is_some() && xv * a + b <= T::zero() {
+                        0.0
+                    } else {
+                        gv.to_f64()
+                    };
+                    sg += gv;
+                    sgx += gv * xv.to_f64();
                 }
             }
             (sg, sgx)
@@ -804,44 +874,58 @@ pub fn channel_sums<T: Real>(
         .unzip()
 }
 
-/// Batch-norm backward in training mode: (dx, dgamma, dbeta), each only if asked.
-/// dx = gamma / sigma * (g - mean(g) - xhat * mean(g * xhat)); dgamma = sum(g * xhat); dbeta = sum(g).
-#[allow(clippy::type_complexity)]
+/// Batch-norm backward in training mode from the forward's `state`: (dx, dgamma, dbeta), each only
+/// if asked; with `relu`, the gradient first passes ReLU's mask (recomputed from x exactly as the
+/// forward computed it). dx = gamma / sigma * (g - mean(g) - xhat * mean(g * xhat));
+/// dgamma = sum(g * xhat); dbeta = sum(g).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn batch_norm_backward<T: Real>(
     x: &[T],
-    gamma: &[T],
     g: &[T],
+    state: &BatchNormState,
     n: usize,
     c: usize,
     hw: usize,
-    eps: f64,
+    relu: bool,
     want: (bool, bool, bool),
 ) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
-    let (mean, var) = channel_stats(x, n, c, hw);
-    let (sg, sgx) = channel_sums(g, x, n, c, hw);
+    let (scale_t, shift_t) = state.affine::<T>();
+    let mask = relu.then_some((scale_t.as_slice(), shift_t.as_slice()));
+    let (sg, sgx) = channel_sums(g, x, n, c, hw, mask);
+    let (mean, inv_sigma) = (&state.mean, &state.inv_sigma);
     let m = (n * hw) as f64;
-    let inv_sigma: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     // sum(g * xhat) = (sum(g x) - mean sum(g)) / sigma
     let sgxhat: Vec<f64> = (0..c)
         .map(|k| (sgx[k] - mean[k] * sg[k]) * inv_sigma[k])
         .collect();
-    let dx = want.0.then(|| {
-        let mut dx = vec![T::zero(); x.len()];
-        dx.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .zip(g.par_chunks(hw))
-            .enumerate()
-            .for_each(|(i, ((dp, xp), gp))| {
-                let k = i % c;
-                let a = gamma[k].to_f64() * inv_sigma[k];
-                let (mg, mgx) = (sg[k] / m, sgxhat[k] / m);
-                for ((d, &xv), &gv) in dp.iter_mut().zip(xp).zip(gp) {
-                    let xhat = (xv.to_f64() - mean[k]) * inv_sigma[k];
-                    *d = T::from_f64(a * (gv.to_f64() - mg - xhat * mgx));
-                }
-            });
-        dx
+    let dx = (want.0 && hw > 0 && c > 0).then(|| {
+        vec_written_by(x.len(), |dx| {
+            dx.par_chunks_mut(hw)
+                .zip(x.par_chunks(hw))
+                .zip(g.par_chunks(hw))
+                .enumerate()
+                .for_each(|(i, ((dp, xp), gp))| {
+                    let k = i % c;
+                    let a = state.scale[k];
+                    let (mg, mgx) = (sg[k] / m, sgxhat[k] / m);
+                    let (sa, sb) = (scale_t[k], shift_t[k]);
+                    for ((d, &xv), &gv) in dp.iter_mut().zip(xp).zip(gp) {
+                        let gv = if relu && xv * sa + sb <= T::zero() {
+                            0.0
+                        } else {
+                            gv.to_f64()
+                        };
+                        let xhat = (xv.to_f64() - mean[k]) * inv_sigma[k];
+                        d.write(T::from_f64(a * (gv - mg - xhat * mgx)));
+                    }
+                });
+        })
     });
+    let dx = if want.0 && dx.is_none() {
+        Some(vec![T::zero(); x.len()])
+    } else {
+        dx
+    };
     let dgamma = want
         .1
         .then(|| sgxhat.iter().map(|&v| T::from_f64(v)).collect());

@@ -115,28 +115,27 @@ impl BatchNorm2d {
 
     /// Normalises with batch statistics (and updates the running ones) when `train`, else with the running ones.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.normalise(x, train, false)
+    }
+
+    /// [`BatchNorm2d::forward`] then ReLU, as one op.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.normalise(x, train, true)
+    }
+
+    fn normalise(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if crate::ops::candle_default_ops() {
-            return self.forward_candle_ops(x, train);
+            let y = self.forward_candle_ops(x, train)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
         let (n, c, h, w) = x.dims4()?;
         if train {
+            let (y, state) =
+                crate::ops::batch_norm_train(x, &self.gamma, &self.beta, self.eps, relu)?;
             // Running statistics move outside autograd, from the batch's mean and unbiased variance.
-            let xc = x.contiguous()?;
-            let (mean, var) = match xc.dtype() {
-                candle_core::DType::F64 => {
-                    crate::kernels::channel_stats(&xc.flatten_all()?.to_vec1::<f64>()?, n, c, h * w)
-                }
-                _ => crate::kernels::channel_stats(
-                    &xc.flatten_all()?
-                        .to_dtype(candle_core::DType::F32)?
-                        .to_vec1::<f32>()?,
-                    n,
-                    c,
-                    h * w,
-                ),
-            };
             let count = (n * h * w) as f64;
-            let unbiased: Vec<f64> = var
+            let unbiased: Vec<f64> = state
+                .var
                 .iter()
                 .map(|v| v * count / (count - 1.0).max(1.0))
                 .collect();
@@ -145,22 +144,21 @@ impl BatchNorm2d {
             let dtype = self.gamma.dtype();
             {
                 let mut rm = self.running_mean.lock().unwrap();
-                let batch_mean = Tensor::from_vec(mean, c, dev)?.to_dtype(dtype)?;
+                let batch_mean = Tensor::from_vec(state.mean, c, dev)?.to_dtype(dtype)?;
                 *rm = ((&*rm * (1.0 - m))? + (batch_mean * m)?)?;
                 let mut rv = self.running_var.lock().unwrap();
                 let batch_var = Tensor::from_vec(unbiased, c, dev)?.to_dtype(dtype)?;
                 *rv = ((&*rv * (1.0 - m))? + (batch_var * m)?)?;
             }
-            return crate::ops::batch_norm_train(&xc, &self.gamma, &self.beta, self.eps);
+            return Ok(y);
         }
         let rm = self.running_mean.lock().unwrap().clone();
         let rv = self.running_var.lock().unwrap().clone();
         let scale = self.gamma.broadcast_div(&(rv + self.eps)?.sqrt()?)?;
         let shift = (&self.beta - (rm * &scale)?)?;
-        crate::ops::channel_affine(x, &scale, &shift)
+        crate::ops::channel_affine(x, &scale, &shift, relu)
     }
 }
-
 impl BatchNorm2d {
     /// The same normalisation on candle's own ops (the reference the benchmarks compare against).
     pub fn forward_candle_ops(&self, x: &Tensor, train: bool) -> Result<Tensor> {

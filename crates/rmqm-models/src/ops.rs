@@ -3,12 +3,13 @@
 //! needs (an argument that does not track gradients gets none: no weight gradients during PGD, no
 //! image gradient during training).
 
-use crate::kernels::{self, ConvGeometry, Real};
+use crate::kernels::{self, BatchNormState, ConvGeometry, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
     bail,
 };
+use std::sync::{Arc, Mutex};
 
 fn slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
     let data = s.as_slice::<T>()?;
@@ -513,16 +514,35 @@ impl CustomOp3 for LinearOp {
 }
 
 /// Batch normalisation in training mode over the channels of an NCHW tensor (batch statistics,
-/// biased variance), fused: one op forward and one backward instead of a dozen candle ops.
-#[derive(Debug, Clone, Copy)]
+/// biased variance), optionally followed by ReLU, fused: one op forward and one backward instead
+/// of a dozen candle ops. The forward keeps its statistics ([`BatchNormOp::state`]) for the
+/// backward and the layer's running statistics.
+#[derive(Debug)]
 pub struct BatchNormOp {
-    /// Added to the variance.
-    pub eps: f64,
+    eps: f64,
+    relu: bool,
+    state: Arc<Mutex<Option<BatchNormState>>>,
 }
 
-/// `y = x * scale[c] + shift[c]` per channel of an NCHW tensor (batch norm in eval mode).
+impl BatchNormOp {
+    /// The op for one application: `eps` is added to the variance; ReLU follows if `relu`.
+    pub fn new(eps: f64, relu: bool) -> Self {
+        BatchNormOp {
+            eps,
+            relu,
+            state: Arc::new(Mutex::new(None)),
+        }
+    }
+    /// Where the forward leaves its statistics.
+    pub fn state(&self) -> Arc<Mutex<Option<BatchNormState>>> {
+        Arc::clone(&self.state)
+    }
+}
+
+/// `y = x * scale[c] + shift[c]` per channel of an NCHW tensor (batch norm in eval mode), then
+/// ReLU if `.0`.
 #[derive(Debug, Clone, Copy)]
-pub struct ChannelAffineOp;
+pub struct ChannelAffineOp(pub bool);
 
 fn channel_vec<'a, T: Real>(
     s: &'a CpuStorage,
@@ -552,34 +572,29 @@ impl CustomOp3 for BatchNormOp {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = dims4(l1, "batch norm")?;
         fn run<T: Real>(
-            eps: f64,
-            s1: &CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-            s3: &CpuStorage,
-            l3: &Layout,
-            n: usize,
-            c: usize,
-            hw: usize,
-        ) -> Result<CpuStorage> {
-            let x = slice::<T>(s1, l1, "batch norm input")?;
-            let y = kernels::batch_norm_forward(
-                x,
-                channel_vec(s2, l2, c, "gamma")?,
-                channel_vec(s3, l3, c, "beta")?,
+            op: &BatchNormOp,
+            s: [(&CpuStorage, &Layout); 3],
+            (n, c, hw): (usize, usize, usize),
+        ) -> Result<(CpuStorage, BatchNormState)> {
+            let (y, state) = kernels::batch_norm_forward(
+                slice::<T>(s[0].0, s[0].1, "batch norm input")?,
+                channel_vec(s[1].0, s[1].1, c, "gamma")?,
+                channel_vec(s[2].0, s[2].1, c, "beta")?,
                 n,
                 c,
                 hw,
-                eps,
+                op.eps,
+                op.relu,
             );
-            Ok(T::to_cpu_storage_owned(y))
+            Ok((T::to_cpu_storage_owned(y), state))
         }
-        let out = match s1.dtype() {
-            DType::F32 => run::<f32>(self.eps, s1, l1, s2, l2, s3, l3, n, c, h * w)?,
-            DType::F64 => run::<f64>(self.eps, s1, l1, s2, l2, s3, l3, n, c, h * w)?,
+        let s = [(s1, l1), (s2, l2), (s3, l3)];
+        let (out, state) = match s1.dtype() {
+            DType::F32 => run::<f32>(self, s, (n, c, h * w))?,
+            DType::F64 => run::<f64>(self, s, (n, c, h * w))?,
             d => bail!("batch norm: unsupported dtype {d:?}"),
         };
+        *self.state.lock().expect("batch norm state") = Some(state);
         Ok((out, l1.shape().clone()))
     }
     fn bwd(
@@ -590,31 +605,83 @@ impl CustomOp3 for BatchNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, h, w) = x.dims4()?;
+        let c = x.dim(1)?;
         let want = (x.track_op(), gamma.track_op(), beta.track_op());
-        let grad = grad.contiguous()?;
-        let x = x.contiguous()?;
-        macro_rules! go {
-            ($t:ty) => {{
-                let xv: Vec<$t> = x.flatten_all()?.to_vec1()?;
-                let gv: Vec<$t> = grad.flatten_all()?.to_vec1()?;
-                let gm: Vec<$t> = gamma.to_vec1()?;
-                let (dx, dg, db) =
-                    kernels::batch_norm_backward(&xv, &gm, &gv, n, c, h * w, self.eps, want);
-                let dev = x.device();
-                (
-                    dx.map(|v| Tensor::from_vec(v, (n, c, h, w), dev))
-                        .transpose()?,
-                    dg.map(|v| Tensor::from_vec(v, c, dev)).transpose()?,
-                    db.map(|v| Tensor::from_vec(v, c, dev)).transpose()?,
-                )
-            }};
+        if !(want.0 || want.1 || want.2) {
+            return Ok((None, None, None));
         }
-        Ok(match x.dtype() {
-            DType::F32 => go!(f32),
-            DType::F64 => go!(f64),
+        let state = match self.state.lock().expect("batch norm state").clone() {
+            Some(s) => s,
+            None => bail!("batch norm: backward before forward"),
+        };
+        let op = BatchNormGrad {
+            state,
+            relu: self.relu,
+            want,
+        };
+        let flat = x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)?;
+        let inputs = if want.0 { x.elem_count() } else { 0 };
+        let dx = want
+            .0
+            .then(|| flat.narrow(0, 0, inputs)?.reshape(x.shape()))
+            .transpose()?;
+        let dgamma = want.1.then(|| flat.narrow(0, inputs, c)).transpose()?;
+        let at = inputs + if want.1 { c } else { 0 };
+        let dbeta = want.2.then(|| flat.narrow(0, at, c)).transpose()?;
+        Ok((dx, dgamma, dbeta))
+    }
+}
+
+/// Gradients of [`BatchNormOp`] as one flat tensor [input | gamma | beta] (the parts asked for):
+/// applied as `x.apply_op2_no_bwd(grad)`.
+struct BatchNormGrad {
+    state: BatchNormState,
+    relu: bool,
+    want: (bool, bool, bool),
+}
+
+impl CustomOp2 for BatchNormGrad {
+    fn name(&self) -> &'static str {
+        "rmqm-batch-norm-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l1, "batch norm grad")?;
+        fn run<T: Real>(
+            op: &BatchNormGrad,
+            s: [(&CpuStorage, &Layout); 2],
+            (n, c, hw): (usize, usize, usize),
+        ) -> Result<CpuStorage> {
+            let (dx, dgamma, dbeta) = kernels::batch_norm_backward(
+                slice::<T>(s[0].0, s[0].1, "batch norm input")?,
+                slice::<T>(s[1].0, s[1].1, "batch norm gradient")?,
+                &op.state,
+                n,
+                c,
+                hw,
+                op.relu,
+                op.want,
+            );
+            let mut flat = dx.unwrap_or_default();
+            flat.extend(dgamma.unwrap_or_default());
+            flat.extend(dbeta.unwrap_or_default());
+            Ok(T::to_cpu_storage_owned(flat))
+        }
+        let s = [(s1, l1), (s2, l2)];
+        let out = match s1.dtype() {
+            DType::F32 => run::<f32>(self, s, (n, c, h * w))?,
+            DType::F64 => run::<f64>(self, s, (n, c, h * w))?,
             d => bail!("batch norm: unsupported dtype {d:?}"),
-        })
+        };
+        let len = if self.want.0 { n * c * h * w } else { 0 }
+            + if self.want.1 { c } else { 0 }
+            + if self.want.2 { c } else { 0 };
+        Ok((out, Shape::from(len)))
     }
 }
 
@@ -631,24 +698,25 @@ impl CustomOp3 for ChannelAffineOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = dims4(l1, "channel affine")?;
+        let (_, c, h, w) = dims4(l1, "channel affine")?;
+        fn run<T: Real>(
+            relu: bool,
+            s: [(&CpuStorage, &Layout); 3],
+            (c, hw): (usize, usize),
+        ) -> Result<CpuStorage> {
+            Ok(T::to_cpu_storage_owned(kernels::channel_affine(
+                slice::<T>(s[0].0, s[0].1, "x")?,
+                channel_vec(s[1].0, s[1].1, c, "scale")?,
+                channel_vec(s[2].0, s[2].1, c, "shift")?,
+                c,
+                hw,
+                relu,
+            )))
+        }
+        let s = [(s1, l1), (s2, l2), (s3, l3)];
         let out = match s1.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(kernels::channel_affine(
-                slice(s1, l1, "x")?,
-                channel_vec(s2, l2, c, "scale")?,
-                channel_vec(s3, l3, c, "shift")?,
-                n,
-                c,
-                h * w,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(kernels::channel_affine(
-                slice(s1, l1, "x")?,
-                channel_vec(s2, l2, c, "scale")?,
-                channel_vec(s3, l3, c, "shift")?,
-                n,
-                c,
-                h * w,
-            )),
+            DType::F32 => run::<f32>(self.0, s, (c, h * w))?,
+            DType::F64 => run::<f64>(self.0, s, (c, h * w))?,
             d => bail!("channel affine: unsupported dtype {d:?}"),
         };
         Ok((out, l1.shape().clone()))
@@ -658,14 +726,14 @@ impl CustomOp3 for ChannelAffineOp {
         x: &Tensor,
         scale: &Tensor,
         shift: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let c = x.dim(1)?;
-        let grad = grad.contiguous()?;
+        let grad = pre_activation_grad(grad, res, self.0)?;
         let dx = if x.track_op() {
             let zero = scale.zeros_like()?;
-            Some(grad.apply_op3_no_bwd(&scale.contiguous()?, &zero, &ChannelAffineOp)?)
+            Some(grad.apply_op3_no_bwd(&scale.contiguous()?, &zero, &ChannelAffineOp(false))?)
         } else {
             None
         };
@@ -686,15 +754,92 @@ impl CustomOp3 for ChannelAffineOp {
     }
 }
 
-/// Batch norm with batch statistics (training mode), fused.
-pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(gamma, beta, BatchNormOp { eps })
+/// `relu(a + b)` for tensors of one shape (ResNet's residual join), with its gradient.
+#[derive(Debug, Clone, Copy)]
+pub struct AddReluOp;
+
+impl CustomOp2 for AddReluOp {
+    fn name(&self) -> &'static str {
+        "rmqm-add-relu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            bail!(
+                "add-relu: shapes {:?} and {:?} differ",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let out = match s1.dtype() {
+            DType::F32 => f32::to_cpu_storage_owned(kernels::add_relu(
+                slice(s1, l1, "a")?,
+                slice(s2, l2, "b")?,
+            )),
+            DType::F64 => f64::to_cpu_storage_owned(kernels::add_relu(
+                slice(s1, l1, "a")?,
+                slice(s2, l2, "b")?,
+            )),
+            d => bail!("add-relu: unsupported dtype {d:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if !a.track_op() && !b.track_op() {
+            return Ok((None, None));
+        }
+        let g = pre_activation_grad(grad, res, true)?;
+        Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
+    }
 }
 
-/// `x * scale[c] + shift[c]` per channel (batch norm in eval mode), fused.
-pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op3(&scale.contiguous()?, &shift.contiguous()?, ChannelAffineOp)
+/// `relu(a + b)` as one op (candle's ops when they are switched on).
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if candle_default() {
+        return (a + b)?.relu();
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddReluOp)
+}
+
+/// Batch norm with batch statistics (training mode), then ReLU if `relu`, fused; returns the
+/// output and the batch statistics it used.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, BatchNormState)> {
+    let op = BatchNormOp::new(eps, relu);
+    let state = op.state();
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let state = state.lock().expect("batch norm state").clone();
+    match state {
+        Some(s) => Ok((y, s)),
+        None => bail!("batch norm: the forward left no statistics"),
+    }
+}
+
+/// `x * scale[c] + shift[c]` per channel (batch norm in eval mode), then ReLU if `relu`, fused.
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &scale.contiguous()?,
+        &shift.contiguous()?,
+        ChannelAffineOp(relu),
+    )
 }
 
 static CANDLE_DEFAULT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

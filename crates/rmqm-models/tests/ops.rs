@@ -214,39 +214,80 @@ fn batch_norm_ops_match_candle_and_finite_differences() {
         let theirs = bn.forward_candle_ops(x.as_tensor(), train).unwrap();
         assert!(max_abs_diff(&ours, &theirs) < 1e-12, "train {train}");
     }
-    // Backward of the fused training op and of the per-channel affine, by finite differences.
-    let loss = || {
-        Ok(weighted_sum(
-            &ops::batch_norm_train(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), 1e-5)?,
-            31,
-        ))
-    };
-    let r = check_gradients(
-        &[x.clone(), gamma.clone(), beta.clone()],
-        &loss,
-        200,
-        1e-6,
-        1e-8,
-        4,
+    // With ReLU fused, against the layer followed by candle's ReLU.
+    for train in [true, false] {
+        let ours = bn.forward_relu(x.as_tensor(), train).unwrap();
+        let theirs = bn
+            .forward_candle_ops(x.as_tensor(), train)
+            .unwrap()
+            .relu()
+            .unwrap();
+        assert!(max_abs_diff(&ours, &theirs) < 1e-12, "relu, train {train}");
+    }
+    // Backward of the fused training op and of the per-channel affine, with and without ReLU, by
+    // finite differences.
+    for relu in [false, true] {
+        let loss = || {
+            Ok(weighted_sum(
+                &ops::batch_norm_train(
+                    x.as_tensor(),
+                    gamma.as_tensor(),
+                    beta.as_tensor(),
+                    1e-5,
+                    relu,
+                )?
+                .0,
+                31,
+            ))
+        };
+        let r = check_gradients(
+            &[x.clone(), gamma.clone(), beta.clone()],
+            &loss,
+            200,
+            1e-6,
+            1e-8,
+            4,
+        )
+        .unwrap();
+        assert!(r.max_relative_error < 1e-6, "relu {relu}: {r:?}");
+        let loss = || {
+            Ok(weighted_sum(
+                &ops::channel_affine(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), relu)?,
+                32,
+            ))
+        };
+        let r = check_gradients(
+            &[x.clone(), gamma.clone(), beta.clone()],
+            &loss,
+            200,
+            1e-6,
+            1e-8,
+            5,
+        )
+        .unwrap();
+        assert!(r.max_relative_error < 1e-6, "relu {relu}: {r:?}");
+    }
+    // The statistics the op reports are the batch's.
+    let (_, state) = ops::batch_norm_train(
+        x.as_tensor(),
+        gamma.as_tensor(),
+        beta.as_tensor(),
+        1e-5,
+        true,
     )
     .unwrap();
-    assert!(r.max_relative_error < 1e-6, "{r:?}");
-    let loss = || {
-        Ok(weighted_sum(
-            &ops::channel_affine(x.as_tensor(), gamma.as_tensor(), beta.as_tensor())?,
-            32,
-        ))
-    };
-    let r = check_gradients(
-        &[x.clone(), gamma.clone(), beta.clone()],
-        &loss,
-        200,
-        1e-6,
-        1e-8,
-        5,
-    )
-    .unwrap();
-    assert!(r.max_relative_error < 1e-6, "{r:?}");
+    let mean = x
+        .as_tensor()
+        .mean_keepdim(0)
+        .unwrap()
+        .mean_keepdim(2)
+        .unwrap()
+        .mean_keepdim(3)
+        .unwrap();
+    let mean: Vec<f64> = mean.flatten_all().unwrap().to_vec1().unwrap();
+    for (a, b) in state.mean.iter().zip(&mean) {
+        assert!((a - b).abs() < 1e-12);
+    }
 }
 
 fn config(arch: Arch, method: Method, channels: usize, side: usize, dim: usize) -> ModelConfig {
@@ -474,4 +515,29 @@ fn fused_conv_relu_pool_computes_only_the_gradients_asked_for() {
     assert!(g.get(&x).is_none());
     assert_eq!(g.get(wv.as_tensor()).unwrap().dims(), wt.dims());
     assert_eq!(g.get(bv.as_tensor()).unwrap().dims(), b.dims());
+}
+
+#[test]
+fn add_relu_matches_candle_and_finite_differences() {
+    let a = Var::from_tensor(&rand_tensor(&[2, 3, 4, 5], 41, DType::F64)).unwrap();
+    let b = Var::from_tensor(&rand_tensor(&[2, 3, 4, 5], 42, DType::F64)).unwrap();
+    let ours = ops::add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+    let theirs = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
+    assert_eq!(max_abs_diff(&ours, &theirs), 0.0);
+    let loss = || {
+        Ok(weighted_sum(
+            &ops::add_relu(a.as_tensor(), b.as_tensor())?,
+            43,
+        ))
+    };
+    let r = check_gradients(&[a.clone(), b.clone()], &loss, 200, 1e-6, 1e-8, 6).unwrap();
+    assert!(r.max_relative_error < 1e-6, "{r:?}");
+    // only the argument that tracks gets a gradient
+    let g = weighted_sum(
+        &ops::add_relu(a.as_tensor(), &b.as_tensor().detach()).unwrap(),
+        43,
+    )
+    .backward()
+    .unwrap();
+    assert!(g.get(a.as_tensor()).is_some());
 }
