@@ -443,21 +443,96 @@ impl LinearOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = pre_activation_grad(grad, res, self.relu)?;
-        let dx = if x.track_op() {
-            Some(grad.matmul(w)?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            Some(grad.t()?.matmul(x)?)
-        } else {
-            None
-        };
-        let db = match b {
-            Some(b) if b.track_op() => Some(grad.sum(0)?),
-            _ => None,
-        };
+        let want = (x.track_op(), w.track_op(), b.is_some_and(|b| b.track_op()));
+        if !(want.0 || want.1 || want.2) {
+            return Ok((None, None, None));
+        }
+        let flat = x
+            .contiguous()?
+            .apply_op3_no_bwd(&w.contiguous()?, &grad, &LinearGrad(want))?;
+        let (inputs, weights) = (
+            if want.0 { x.elem_count() } else { 0 },
+            if want.1 { w.elem_count() } else { 0 },
+        );
+        let dx = want
+            .0
+            .then(|| flat.narrow(0, 0, inputs)?.reshape(x.shape()))
+            .transpose()?;
+        let dw = want
+            .1
+            .then(|| flat.narrow(0, inputs, weights)?.reshape(w.shape()))
+            .transpose()?;
+        let db = want
+            .2
+            .then(|| flat.narrow(0, inputs + weights, w.dim(0)?))
+            .transpose()?;
         Ok((dx, dw, db))
+    }
+}
+
+/// Gradients of a dense layer as one flat tensor [input | weight | bias] (the parts in `.0`):
+/// applied as `x.apply_op3_no_bwd(w, dy)` with dy the pre-activation gradient.
+struct LinearGrad((bool, bool, bool));
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "rmqm-linear-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, d_in) = match l1.dims() {
+            &[n, d] => (n, d),
+            d => bail!("linear grad: expected a 2-d input, got {d:?}"),
+        };
+        let d_out = l2.dims()[0];
+        if l3.dims() != [n, d_out] {
+            bail!(
+                "linear grad: gradient shape {:?}, expected [{n}, {d_out}]",
+                l3.dims()
+            );
+        }
+        fn run<T: Real>(
+            want: (bool, bool, bool),
+            s: [(&CpuStorage, &Layout); 3],
+            (n, d_in, d_out): (usize, usize, usize),
+        ) -> Result<CpuStorage> {
+            let (dx, dw, db) = kernels::linear_backward(
+                slice::<T>(s[0].0, s[0].1, "x")?,
+                slice::<T>(s[1].0, s[1].1, "w")?,
+                slice::<T>(s[2].0, s[2].1, "dy")?,
+                n,
+                d_in,
+                d_out,
+                want,
+            );
+            let mut flat = Vec::with_capacity(
+                dx.as_ref().map_or(0, Vec::len)
+                    + dw.as_ref().map_or(0, Vec::len)
+                    + db.as_ref().map_or(0, Vec::len),
+            );
+            for part in [dx, dw, db].into_iter().flatten() {
+                flat.extend(part);
+            }
+            Ok(T::to_cpu_storage_owned(flat))
+        }
+        let s = [(s1, l1), (s2, l2), (s3, l3)];
+        let out = match s1.dtype() {
+            DType::F32 => run::<f32>(self.0, s, (n, d_in, d_out))?,
+            DType::F64 => run::<f64>(self.0, s, (n, d_in, d_out))?,
+            d => bail!("linear grad: unsupported dtype {d:?}"),
+        };
+        let want = self.0;
+        let len = if want.0 { n * d_in } else { 0 }
+            + if want.1 { d_out * d_in } else { 0 }
+            + if want.2 { d_out } else { 0 };
+        Ok((out, Shape::from(len)))
     }
 }
 
