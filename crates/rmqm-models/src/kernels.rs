@@ -290,9 +290,17 @@ pub fn im2col<T: Real>(g: &ConvGeometry, x: &[T], cols: &mut [T]) {
                         ((len - end) / stride + 1).min(rows)
                     }
                 };
+                // Padding columns of fast segments are zeroed by one chunk store at each end
+                // when they are at most a chunk wide.
+                let pad_by_chunks = lo <= CHUNK && wo - hi <= CHUNK;
+                let dst_end = if pad_by_chunks {
+                    (chunks * CHUNK).max(len + CHUNK)
+                } else {
+                    chunks * CHUNK
+                };
                 let fast = if s == 1 {
                     fits(src0 + chunks * CHUNK, x.len(), g.w).min(fits(
-                        dst0 + chunks * CHUNK,
+                        dst0 + dst_end,
                         cols.len(),
                         wo,
                     ))
@@ -300,22 +308,35 @@ pub fn im2col<T: Real>(g: &ConvGeometry, x: &[T], cols: &mut [T]) {
                     0
                 };
                 if fast > 0 {
-                    // Fixed chunks may run past a segment into later positions, all
-                    // written afterwards in order (the next segments, the zero fills below).
+                    // Fixed chunks may run past a segment into later positions, all written
+                    // afterwards in order: the segment's own right padding, then the next
+                    // segments, rows and the fills below.
                     // SAFETY: segment r < fast reads src0 + r * w .. + chunks * CHUNK <= x.len()
-                    // and writes dst0 + r * wo .. + chunks * CHUNK <= cols.len() (checked by
-                    // `fits`); x and cols do not overlap (one is borrowed shared, the other
-                    // exclusively).
+                    // and writes from dst0 + r * wo - lo (>= row_start) to
+                    // dst0 + r * wo + dst_end <= cols.len() (checked by `fits`); x and cols do
+                    // not overlap (one is borrowed shared, the other exclusively).
                     unsafe {
                         let (src, dst) = (x.as_ptr().add(src0), cols.as_mut_ptr().add(dst0));
+                        let zeros = [T::zero(); CHUNK];
+                        // One or two chunks written out (a loop of them becomes a memcpy call
+                        // per segment, which costs more than the copy).
+                        let copy =
+                            |sr: *const T, dr: *mut T| std::ptr::copy_nonoverlapping(sr, dr, CHUNK);
                         for r in 0..fast {
                             let (sr, dr) = (src.add(r * g.w), dst.add(r * wo));
-                            for c in 0..chunks {
-                                std::ptr::copy_nonoverlapping(
-                                    sr.add(c * CHUNK),
-                                    dr.add(c * CHUNK),
-                                    CHUNK,
-                                );
+                            if pad_by_chunks && lo > 0 {
+                                copy(zeros.as_ptr(), dr.sub(lo));
+                            }
+                            match chunks {
+                                1 => copy(sr, dr),
+                                2 => {
+                                    copy(sr, dr);
+                                    copy(sr.add(CHUNK), dr.add(CHUNK));
+                                }
+                                _ => std::ptr::copy_nonoverlapping(sr, dr, chunks * CHUNK),
+                            }
+                            if pad_by_chunks && hi < wo {
+                                copy(zeros.as_ptr(), dr.add(len));
                             }
                         }
                     }
@@ -333,7 +354,9 @@ pub fn im2col<T: Real>(g: &ConvGeometry, x: &[T], cols: &mut [T]) {
                 }
                 cols[row_start..row_start + oi_lo * wo].fill(T::zero());
                 if lo > 0 || hi < wo {
-                    for oi in oi_lo..oi_hi {
+                    // the padding columns of the segments not padded by chunk stores above
+                    let first_unpadded = if pad_by_chunks { oi_lo + fast } else { oi_lo };
+                    for oi in first_unpadded..oi_hi {
                         let seg = row_start + oi * wo;
                         cols[seg..seg + lo].fill(T::zero());
                         cols[seg + hi..seg + wo].fill(T::zero());
@@ -663,8 +686,8 @@ pub fn linear_forward<T: Real>(
     y
 }
 
-/// Dense layer gradients: (dx = dy w, dw = dy^T x, db = column sums of dy), each only if asked.
-#[allow(clippy::type_complexity)]
+/// Dense layer gradients as one flat vector [dx = dy w | dw = dy^T x | db = column sums of dy],
+/// each part only if asked in `want`.
 pub fn linear_backward<T: Real>(
     x: &[T],
     w: &[T],
@@ -673,28 +696,30 @@ pub fn linear_backward<T: Real>(
     d_in: usize,
     d_out: usize,
     want: (bool, bool, bool),
-) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
+) -> Vec<T> {
     let par = parallelism(n * d_in * d_out);
-    let dx = want.0.then(|| {
-        let mut dx = vec![T::zero(); n * d_in];
-        gemm_rm(n, d_in, d_out, &mut dx, false, dy, false, w, false, par);
-        dx
-    });
-    let dw = want.1.then(|| {
-        let mut dw = vec![T::zero(); d_out * d_in];
-        gemm_rm(d_out, d_in, n, &mut dw, false, dy, true, x, false, par);
-        dw
-    });
-    let db = want.2.then(|| {
-        let mut db = vec![T::zero(); d_out];
+    let sizes = [
+        if want.0 { n * d_in } else { 0 },
+        if want.1 { d_out * d_in } else { 0 },
+        if want.2 { d_out } else { 0 },
+    ];
+    let mut flat = vec![T::zero(); sizes.iter().sum()];
+    let (dx, rest) = flat.split_at_mut(sizes[0]);
+    let (dw, db) = rest.split_at_mut(sizes[1]);
+    if want.0 {
+        gemm_rm(n, d_in, d_out, dx, false, dy, false, w, false, par);
+    }
+    if want.1 {
+        gemm_rm(d_out, d_in, n, dw, false, dy, true, x, false, par);
+    }
+    if want.2 {
         for row in dy.chunks_exact(d_out) {
             for (a, &b) in db.iter_mut().zip(row) {
                 *a += b;
             }
         }
-        db
-    });
-    (dx, dw, db)
+    }
+    flat
 }
 
 /// Multi-threaded gemm only when the product is large enough to pay for it.
@@ -1018,6 +1043,82 @@ mod tests {
         let y = linear_forward(&[f32::NAN, 1.0], &[1.0, 1.0], None, 1, 2, 1, true);
         assert!(y[0].is_nan());
         assert!(relu_mask(&[2.0f32, 3.0], &[f32::NAN, 0.0])[0] == 2.0);
+    }
+
+    #[test]
+    fn im2col_overwrites_every_element_and_col2im_is_its_adjoint() {
+        // cols starts as NaN (a reused buffer): every element must be written, padding as 0
+        for &(c_in, h, w, k, stride, padding) in &[
+            (1, 28, 28, 5, 1, 2),
+            (6, 14, 14, 5, 1, 0),
+            (2, 9, 7, 3, 1, 1),
+            (3, 5, 40, 3, 1, 3),
+            (2, 9, 7, 3, 2, 1),
+            (1, 4, 5, 3, 3, 2),
+            (2, 6, 6, 1, 1, 0),
+        ] {
+            let g = ConvGeometry {
+                n: 2,
+                c_in,
+                h,
+                w,
+                c_out: 1,
+                kh: k,
+                kw: k,
+                stride,
+                padding,
+            };
+            let (ho, wo) = (g.ho(), g.wo());
+            // two images back to back: the first may be read past its end, the second not
+            let x: Vec<f64> = (0..2 * g.in_size())
+                .map(|i| (i as f64 * 0.37).sin())
+                .collect();
+            for image in 0..2 {
+                let xb = &x[image * g.in_size()..];
+                let mut cols = vec![f64::NAN; g.ckk() * ho * wo + IM2COL_SLACK];
+                im2col(&g, xb, &mut cols);
+                for ci in 0..c_in {
+                    for ki in 0..k {
+                        for kj in 0..k {
+                            for oi in 0..ho {
+                                for oj in 0..wo {
+                                    let ii = (oi * stride + ki) as isize - padding as isize;
+                                    let jj = (oj * stride + kj) as isize - padding as isize;
+                                    let inside = ii >= 0
+                                        && jj >= 0
+                                        && (ii as usize) < h
+                                        && (jj as usize) < w;
+                                    let want = if inside {
+                                        xb[(ci * h + ii as usize) * w + jj as usize]
+                                    } else {
+                                        0.0
+                                    };
+                                    let row = (ci * k + ki) * k + kj;
+                                    let got = cols[row * ho * wo + oi * wo + oj];
+                                    assert_eq!(
+                                        got, want,
+                                        "{c_in} {h}x{w} k{k} s{stride} p{padding}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+                // <im2col(x), c> = <x, col2im(c)> for a random c
+                let c: Vec<f64> = (0..g.ckk() * ho * wo)
+                    .map(|i| (i as f64 * 0.11).cos())
+                    .collect();
+                let mut back = vec![0.0; g.in_size()];
+                col2im_add(&g, &c, &mut back);
+                let lhs: f64 = cols.iter().zip(&c).map(|(a, b)| a * b).sum();
+                let rhs: f64 = xb[..g.in_size()]
+                    .iter()
+                    .zip(&back)
+                    .map(|(a, b)| a * b)
+                    .sum();
+                assert!((lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0));
+            }
+        }
     }
 
     #[test]

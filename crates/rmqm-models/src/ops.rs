@@ -503,7 +503,7 @@ impl CustomOp3 for LinearGrad {
             s: [(&CpuStorage, &Layout); 3],
             (n, d_in, d_out): (usize, usize, usize),
         ) -> Result<CpuStorage> {
-            let (dx, dw, db) = kernels::linear_backward(
+            let flat = kernels::linear_backward(
                 slice::<T>(s[0].0, s[0].1, "x")?,
                 slice::<T>(s[1].0, s[1].1, "w")?,
                 slice::<T>(s[2].0, s[2].1, "dy")?,
@@ -512,14 +512,6 @@ impl CustomOp3 for LinearGrad {
                 d_out,
                 want,
             );
-            let mut flat = Vec::with_capacity(
-                dx.as_ref().map_or(0, Vec::len)
-                    + dw.as_ref().map_or(0, Vec::len)
-                    + db.as_ref().map_or(0, Vec::len),
-            );
-            for part in [dx, dw, db].into_iter().flatten() {
-                flat.extend(part);
-            }
             Ok(T::to_cpu_storage_owned(flat))
         }
         let s = [(s1, l1), (s2, l2), (s3, l3)];
