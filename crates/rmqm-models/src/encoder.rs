@@ -263,6 +263,12 @@ impl Encoder {
         }
     }
 
+    /// True when an image's embedding depends on that image alone (no batch statistics): LeNet.
+    /// Then batches can be embedded together and split afterwards with the same result.
+    pub fn per_sample(&self) -> bool {
+        matches!(self.body, Body::LeNet(_))
+    }
+
     /// Trainable variables (empty for a frozen model).
     pub fn vars(&self) -> &[Var] {
         self.store.vars()

@@ -9,8 +9,8 @@ mod trainer;
 
 pub use augment::{Augmentation, augment_batch};
 pub use losses::{
-    BatchInput, batch_all_triplet, cross_entropy, method_loss, ntxent, semihard_triplet,
-    semihard_triplets,
+    BatchEmbeddings, BatchInput, batch_all_triplet, cross_entropy, embedding_loss, method_loss,
+    ntxent, semihard_triplet, semihard_triplets,
 };
 pub use optim::{Adam, NesterovSgd, Optimizer};
 pub use trainer::{StepLog, TrainOptions, batch_tensor, train};

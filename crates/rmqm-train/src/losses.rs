@@ -139,53 +139,92 @@ pub enum BatchInput<'a> {
     },
 }
 
-/// The training loss of `method` on one batch.
-pub fn method_loss(
-    model: &Encoder,
-    method: Method,
-    input: &BatchInput,
-    train: bool,
-) -> Result<Tensor> {
+/// A batch's embeddings, as a method's loss reads them.
+pub enum BatchEmbeddings<'a> {
+    /// Embeddings (n, dim) and their labels.
+    Labelled {
+        /// Embeddings of the images.
+        embeddings: &'a Tensor,
+        /// Class labels.
+        labels: &'a [i64],
+    },
+    /// Embeddings of two augmented views of the same n images.
+    Views {
+        /// Embeddings of the first views.
+        first: &'a Tensor,
+        /// Embeddings of the second views.
+        second: &'a Tensor,
+    },
+}
+
+/// The loss of `method` on one batch's embeddings (the classifier head applied where the method
+/// has one).
+pub fn embedding_loss(model: &Encoder, method: Method, batch: &BatchEmbeddings) -> Result<Tensor> {
     let cfg = model.config();
-    match (method, input) {
+    match (method, batch) {
         (
             Method::CrossEntropy | Method::TripletEntropy | Method::TripletSupervised,
-            BatchInput::Labelled { images, labels },
+            BatchEmbeddings::Labelled {
+                embeddings: e,
+                labels,
+            },
         ) => {
-            let e = model.embed(images, train)?;
             let labels_t = Tensor::new(
                 labels.iter().map(|&l| l as u32).collect::<Vec<_>>(),
                 e.device(),
             )?;
             match method {
                 Method::CrossEntropy => {
-                    let logits = model.logits(&e)?.expect("cross-entropy models have a head");
+                    let logits = model.logits(e)?.expect("cross-entropy models have a head");
                     cross_entropy(&logits, &labels_t)
                 }
                 Method::TripletEntropy => {
                     let logits = model
-                        .logits(&e)?
+                        .logits(e)?
                         .expect("triplet-entropy models have a head");
-                    cross_entropy(&logits, &labels_t)? + semihard_triplet(&e, labels, cfg.margin)?
+                    cross_entropy(&logits, &labels_t)? + semihard_triplet(e, labels, cfg.margin)?
                 }
-                _ => semihard_triplet(&e, labels, cfg.margin),
+                _ => semihard_triplet(e, labels, cfg.margin),
             }
         }
-        (Method::TripletSs, BatchInput::Views { first, second }) => {
+        (Method::TripletSs, BatchEmbeddings::Views { first, second }) => {
             let n = first.dim(0)?;
-            let e = Tensor::cat(
-                &[&model.embed(first, train)?, &model.embed(second, train)?],
-                0,
-            )?;
+            let e = Tensor::cat(&[*first, *second], 0)?;
             let ids: Vec<i64> = (0..2 * n).map(|i| (i % n) as i64).collect();
             semihard_triplet(&e, &ids, cfg.margin)
         }
-        (Method::Ntxent, BatchInput::Views { first, second }) => ntxent(
-            &model.embed(first, train)?,
-            &model.embed(second, train)?,
-            cfg.temperature,
-        ),
+        (Method::Ntxent, BatchEmbeddings::Views { first, second }) => {
+            ntxent(first, second, cfg.temperature)
+        }
         _ => candle_core::bail!("{method} does not take this kind of batch"),
+    }
+}
+
+/// The loss of `method` on one batch: the encoder's embeddings (batch-norm mode `train`), then
+/// [`embedding_loss`].
+pub fn method_loss(
+    model: &Encoder,
+    method: Method,
+    input: &BatchInput,
+    train: bool,
+) -> Result<Tensor> {
+    match input {
+        BatchInput::Labelled { images, labels } => embedding_loss(
+            model,
+            method,
+            &BatchEmbeddings::Labelled {
+                embeddings: &model.embed(images, train)?,
+                labels,
+            },
+        ),
+        BatchInput::Views { first, second } => embedding_loss(
+            model,
+            method,
+            &BatchEmbeddings::Views {
+                first: &model.embed(first, train)?,
+                second: &model.embed(second, train)?,
+            },
+        ),
     }
 }
 

@@ -1,8 +1,11 @@
 //! The training loop: seeded shuffling, the method's loss per batch, gradients summed over
 //! `accumulate` batches (as `loss.backward()` accumulates in PyTorch), then one optimizer step.
+//! For encoders without batch statistics (LeNet) the batches of one step are embedded in one
+//! forward pass and each batch's loss is taken on its own rows: the same gradient, computed at a
+//! batch size where the kernels keep every core busy.
 
 use crate::augment::{Augmentation, augment_batch};
-use crate::losses::{BatchInput, method_loss};
+use crate::losses::{BatchEmbeddings, BatchInput, embedding_loss, method_loss};
 use crate::optim::{Adam, NesterovSgd, Optimizer};
 use candle_core::{Device, Result, Tensor};
 use rand::SeedableRng;
@@ -26,6 +29,9 @@ pub struct TrainOptions {
     pub optimizer: OptimizerKind,
     /// Learning rate.
     pub learning_rate: f64,
+    /// Embed the batches of one optimizer step in one forward pass when the encoder has no batch
+    /// statistics (the same gradient, faster); false computes one batch at a time.
+    pub group_batches: bool,
 }
 
 /// One optimizer step's record.
@@ -93,102 +99,158 @@ pub fn train(
             .chunks(opts.batch_size)
             .filter(|b| !(needs_pairs && b.len() < 2))
             .collect();
-        let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
-        let mut acc_losses = Vec::new();
-        let mut acc_examples = 0;
-        let mut step_start = Instant::now();
-        for (bi, batch) in batches.iter().enumerate() {
-            let loss = if method.uses_views() {
+        // Each optimizer step sums the gradients of `accumulate` consecutive batches (fewer at
+        // the epoch's end).
+        for (gi, group) in batches.chunks(opts.accumulate.max(1)).enumerate() {
+            let step_start = Instant::now();
+            let first_batch = gi * opts.accumulate.max(1);
+            let views = |batch: &[usize], view: u8| -> Result<Tensor> {
                 let imgs: Vec<&[f32]> = batch.iter().map(|&i| data.image(i)).collect();
                 let ids: Vec<u32> = batch.iter().map(|&i| data.ids[i]).collect();
-                let shape = (batch.len(), c, h, w);
-                let v1 = Tensor::from_vec(
-                    augment_batch(aug, &imgs, &ids, c, h, w, opts.seed, epoch as u64, 0),
-                    shape,
+                Tensor::from_vec(
+                    augment_batch(aug, &imgs, &ids, c, h, w, opts.seed, epoch as u64, view),
+                    (batch.len(), c, h, w),
                     &device,
-                )?;
-                let v2 = Tensor::from_vec(
-                    augment_batch(aug, &imgs, &ids, c, h, w, opts.seed, epoch as u64, 1),
-                    shape,
-                    &device,
-                )?;
-                method_loss(
-                    model,
-                    method,
-                    &BatchInput::Views {
-                        first: &v1,
-                        second: &v2,
-                    },
-                    true,
-                )?
-            } else {
-                let images = batch_tensor(data, batch, &device)?;
-                let labels: Vec<i64> = batch.iter().map(|&i| data.labels[i] as i64).collect();
-                method_loss(
-                    model,
-                    method,
-                    &BatchInput::Labelled {
-                        images: &images,
-                        labels: &labels,
-                    },
-                    true,
-                )?
+                )
             };
-            let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-            if !value.is_finite() {
-                candle_core::bail!(
-                    "loss became {value} at epoch {epoch}, step {step} (batch {bi})"
-                );
-            }
-            let grads = loss.backward()?;
-            for (slot, var) in acc.iter_mut().zip(&vars) {
+            let labels_of = |batch: &[usize]| -> Vec<i64> {
+                batch.iter().map(|&i| data.labels[i] as i64).collect()
+            };
+            // Per batch: its loss and its value (checked finite).
+            let mut losses: Vec<Tensor> = Vec::with_capacity(group.len());
+            let mut values: Vec<f64> = Vec::with_capacity(group.len());
+            let mut check = |loss: Tensor, bi: usize| -> Result<()> {
+                let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                if !value.is_finite() {
+                    candle_core::bail!(
+                        "loss became {value} at epoch {epoch}, step {step} (batch {bi})"
+                    );
+                }
+                losses.push(loss);
+                values.push(value);
+                Ok(())
+            };
+            let grads_of = |loss: &Tensor| -> Result<Vec<Option<Tensor>>> {
+                let grads = loss.backward()?;
                 // Detached: a variable's gradient can still reference this batch's forward graph,
                 // which would otherwise live on through the optimizer's state.
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    let g = g.detach();
-                    *slot = Some(match slot.take() {
-                        Some(s) => (s + g)?,
-                        None => g,
-                    });
+                Ok(vars
+                    .iter()
+                    .map(|v| grads.get(v.as_tensor()).map(Tensor::detach))
+                    .collect())
+            };
+            let acc: Vec<Option<Tensor>> = if opts.group_batches && model.per_sample() {
+                // One forward over the whole group, the loss of each batch on its own rows, one
+                // backward of their sum: the same summed gradient, at a batch size where the
+                // kernels keep both cores busy.
+                let all: Vec<usize> = group.iter().flat_map(|b| b.iter().copied()).collect();
+                let mut offset = 0;
+                if method.uses_views() {
+                    let first = model.embed(&views(&all, 0)?, true)?;
+                    let second = model.embed(&views(&all, 1)?, true)?;
+                    for (k, batch) in group.iter().enumerate() {
+                        let n = batch.len();
+                        let loss = embedding_loss(
+                            model,
+                            method,
+                            &BatchEmbeddings::Views {
+                                first: &first.narrow(0, offset, n)?,
+                                second: &second.narrow(0, offset, n)?,
+                            },
+                        )?;
+                        check(loss, first_batch + k)?;
+                        offset += n;
+                    }
+                } else {
+                    let embeddings = model.embed(&batch_tensor(data, &all, &device)?, true)?;
+                    for (k, batch) in group.iter().enumerate() {
+                        let n = batch.len();
+                        let loss = embedding_loss(
+                            model,
+                            method,
+                            &BatchEmbeddings::Labelled {
+                                embeddings: &embeddings.narrow(0, offset, n)?,
+                                labels: &labels_of(batch),
+                            },
+                        )?;
+                        check(loss, first_batch + k)?;
+                        offset += n;
+                    }
                 }
-            }
-            acc_losses.push(value);
-            acc_examples += batch.len();
-            if acc_losses.len() == opts.accumulate || bi + 1 == batches.len() {
-                // A non-finite gradient would poison the weights silently: stop with a clear error.
-                for (g, var) in acc.iter().zip(&vars) {
-                    if let Some(g) = g {
-                        let total = g
-                            .sum_all()?
-                            .to_dtype(candle_core::DType::F64)?
-                            .to_scalar::<f64>()?;
-                        if !total.is_finite() {
-                            candle_core::bail!(
-                                "non-finite gradient for a {:?} parameter at epoch {epoch}, step {step}",
-                                var.dims()
-                            );
+                let total = losses
+                    .iter()
+                    .skip(1)
+                    .try_fold(losses[0].clone(), |sum, l| sum + l)?;
+                grads_of(&total)?
+            } else {
+                // Batch statistics (ResNet's batch norm) tie each batch's embeddings to its
+                // batch: one forward and backward per batch, gradients summed.
+                let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
+                for (k, batch) in group.iter().enumerate() {
+                    let loss = if method.uses_views() {
+                        method_loss(
+                            model,
+                            method,
+                            &BatchInput::Views {
+                                first: &views(batch, 0)?,
+                                second: &views(batch, 1)?,
+                            },
+                            true,
+                        )?
+                    } else {
+                        method_loss(
+                            model,
+                            method,
+                            &BatchInput::Labelled {
+                                images: &batch_tensor(data, batch, &device)?,
+                                labels: &labels_of(batch),
+                            },
+                            true,
+                        )?
+                    };
+                    check(loss.clone(), first_batch + k)?;
+                    for (slot, g) in acc.iter_mut().zip(grads_of(&loss)?) {
+                        if let Some(g) = g {
+                            *slot = Some(match slot.take() {
+                                Some(s) => (s + g)?,
+                                None => g,
+                            });
                         }
                     }
                 }
-                optimizer.step(&acc)?;
-                acc.iter_mut().for_each(|a| *a = None);
-                examples += acc_examples;
-                let secs = step_start.elapsed().as_secs_f64();
-                let log = StepLog {
-                    epoch,
-                    step,
-                    loss: acc_losses.iter().sum::<f64>() / acc_losses.len() as f64,
-                    seconds: start.elapsed().as_secs_f64(),
-                    examples_per_second: acc_examples as f64 / secs.max(1e-9),
-                    examples,
-                };
-                on_step(&log);
-                logs.push(log);
-                step += 1;
-                acc_losses.clear();
-                acc_examples = 0;
-                step_start = Instant::now();
+                acc
+            };
+            drop(losses);
+            // A non-finite gradient would poison the weights silently: stop with a clear error.
+            for (g, var) in acc.iter().zip(&vars) {
+                if let Some(g) = g {
+                    let total = g
+                        .sum_all()?
+                        .to_dtype(candle_core::DType::F64)?
+                        .to_scalar::<f64>()?;
+                    if !total.is_finite() {
+                        candle_core::bail!(
+                            "non-finite gradient for a {:?} parameter at epoch {epoch}, step {step}",
+                            var.dims()
+                        );
+                    }
+                }
             }
+            optimizer.step(&acc)?;
+            let group_examples: usize = group.iter().map(|b| b.len()).sum();
+            examples += group_examples;
+            let secs = step_start.elapsed().as_secs_f64();
+            let log = StepLog {
+                epoch,
+                step,
+                loss: values.iter().sum::<f64>() / values.len() as f64,
+                seconds: start.elapsed().as_secs_f64(),
+                examples_per_second: group_examples as f64 / secs.max(1e-9),
+                examples,
+            };
+            on_step(&log);
+            logs.push(log);
+            step += 1;
         }
     }
     Ok(logs)

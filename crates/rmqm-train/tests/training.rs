@@ -83,6 +83,7 @@ fn every_method_and_optimizer_lowers_its_loss() {
                 seed: 2,
                 optimizer,
                 learning_rate: lr,
+                group_batches: true,
             };
             // The semihard losses average over a shrinking set of triplets, so progress is judged by
             // the batch-all triplet loss on the whole set; the others by their own loss per epoch.
@@ -138,6 +139,7 @@ fn gradient_accumulation_sums_batches_into_one_step() {
         seed: 0,
         optimizer: OptimizerKind::Adam,
         learning_rate: 1e-3,
+        group_batches: true,
     };
     let logs = train(&model, &data, &opts, &mut |_| {}).unwrap();
     assert_eq!(logs.len(), 2, "8 batches / 4 per step");
@@ -200,5 +202,70 @@ fn every_loss_matches_finite_differences_in_f64() {
         }
         let r = check_gradients(&vars, &loss, 6, 1e-6, 1e-5, 13).unwrap();
         assert!(r.max_relative_error < 1e-4, "{method}: {r:?}");
+    }
+}
+
+#[test]
+fn grouped_batches_give_the_per_batch_updates_for_every_method() {
+    // 28 images in batches of 8 (the last of 4), 3 batches per step: steps of 24 and 4 images.
+    // (Over many steps f32 rounding differences grow through the triplet mining, so one epoch.)
+    let data = synthetic(28, 7);
+    for &method in Method::ALL {
+        let run = |group_batches: bool| {
+            let cfg = config(method, OptimizerKind::Sgd, 11);
+            let model = Encoder::init(cfg, DType::F32, &Device::Cpu, true).unwrap();
+            let opts = TrainOptions {
+                epochs: 1,
+                batch_size: 8,
+                accumulate: 3,
+                seed: 3,
+                optimizer: OptimizerKind::Sgd,
+                learning_rate: 0.05,
+                group_batches,
+            };
+            let logs = train(&model, &data, &opts, &mut |_| {}).unwrap();
+            let init = Encoder::init(
+                config(method, OptimizerKind::Sgd, 11),
+                DType::F32,
+                &Device::Cpu,
+                true,
+            )
+            .unwrap();
+            let moves: Vec<Vec<f32>> = model
+                .vars()
+                .iter()
+                .zip(init.vars())
+                .map(|(v, v0)| {
+                    (v.as_tensor() - v0.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                })
+                .collect();
+            (logs, moves)
+        };
+        let (grouped_logs, grouped) = run(true);
+        let (single_logs, single) = run(false);
+        assert_eq!(grouped_logs.len(), 2, "{method}");
+        for (a, b) in grouped_logs.iter().zip(&single_logs) {
+            assert_eq!(a.examples, b.examples, "{method}");
+            assert!(
+                (a.loss - b.loss).abs() < 1e-5 * b.loss.abs().max(1.0),
+                "{method}: {a:?} {b:?}"
+            );
+        }
+        // the parameters moved, and by the same amounts
+        let largest = single.iter().flatten().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            largest > 1e-3,
+            "{method}: training did not move the parameters"
+        );
+        for (a, b) in grouped.iter().zip(&single) {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() < 1e-4 * largest, "{method}: moved {x} vs {y}");
+            }
+        }
     }
 }

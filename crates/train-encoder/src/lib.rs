@@ -176,6 +176,7 @@ pub fn run(argv: Vec<String>) -> Result<()> {
         seed: args.seed,
         optimizer: args.optimizer,
         learning_rate: args.lr,
+        group_batches: true,
     };
     let logs = train(&model, &data, &opts, &mut |log| {
         bar.set_position(log.examples as u64);
