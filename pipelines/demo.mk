@@ -21,9 +21,9 @@ DEMO_DOWNSTREAM := heldout
 DEMO_DS_heldout_EMBED := --dataset fashion-mnist --split train --classes 5,6,7,8,9
 DEMO_DS_heldout_PROBE := --split 0.8 --seed 0 --knn 1,5 --linear
 DEMO_CORRELATE_ARGS ?= --resamples 2000
-DEMO_EPOCH_SECONDS_LABELS ?= 0.5
-DEMO_EPOCH_SECONDS_VIEWS ?= 1
-DEMO_WALK_SECONDS_PER_1000 ?= 5
+DEMO_EPOCH_SECONDS_LABELS ?= 0.3
+DEMO_EPOCH_SECONDS_VIEWS ?= 0.6
+DEMO_WALK_SECONDS_PER_1000 ?= 2.5
 DEMO_PROBE_SECONDS ?= 0.5
 $(eval $(call GRID,DEMO))
 
