@@ -15,9 +15,9 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 .DELETE_ON_ERROR:
 .SUFFIXES:
-# Models, embeddings and the noise stream are intermediate files made by pattern rules: keep them.
-# (Not .SECONDARY, which would also stop a deleted stats or probe file from being remade.)
-.PRECIOUS: %.safetensors %.parquet
+# Models and embeddings are intermediate files made by pattern rules: pipelines/grid.mk keeps them
+# with .PRECIOUS on each rule's own target pattern (a bare %.parquet here would not match those
+# rules). Not .SECONDARY, which would also stop a deleted stats or probe file from being remade.
 
 PROFILE ?= release
 THREADS ?= 0

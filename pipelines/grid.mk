@@ -26,6 +26,9 @@ $(1)_STATS := $$(foreach m,$$($(1)_MODELS),$$(foreach a,$$($(1)_ALTERATIONS),$$(
 $(1)_CURVES := $$(patsubst $$($(1)_OUT)/stats/%,$$($(1)_OUT)/curves/%,$$($(1)_STATS))
 $(1)_PROBES := $$(foreach m,$$($(1)_MODELS),$$(foreach ds,$$($(1)_DOWNSTREAM),$$($(1)_OUT)/probes/$$(m)-$$(ds).parquet))
 
+# The trained models are intermediate files of these pattern rules: keep them (.PRECIOUS has to
+# name the rule's own target pattern; a bare %.safetensors does not protect them).
+.PRECIOUS: $$($(1)_OUT)/models/%.safetensors
 $$($(1)_OUT)/models/%.safetensors: | $(BUILD_STAMP)
 	@mkdir -p $$(@D)
 	$(BIN)/train-encoder --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) $$($(1)_TRAIN_ARGS) $$(call train_args,$(1),$$*) --threads $(THREADS) -o $$@
@@ -72,6 +75,8 @@ endef
 # Embeddings and probe results of one downstream set $(2) of grid $(1). The set is configured by
 # $(1)_DS_$(2)_EMBED (embed's dataset arguments) and $(1)_DS_$(2)_PROBE (probe's arguments).
 define DOWNSTREAM
+# Kept after the run (make names a pattern rule's target pattern in .PRECIOUS, not any pattern).
+.PRECIOUS: $$($(1)_OUT)/embeddings/%-$(2).parquet
 $$($(1)_OUT)/embeddings/%-$(2).parquet: $$($(1)_OUT)/models/%.safetensors
 	@mkdir -p $$(@D)
 	$(BIN)/embed --model $$< --data-dir $$($(1)_DATA_DIR) $$($(1)_DS_$(2)_EMBED) --threads $(THREADS) -o $$@
