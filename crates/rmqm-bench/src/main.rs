@@ -2,6 +2,8 @@
 //! own), and prints one table (also written as bench.md and bench.parquet).
 //!
 //! Usage: `rmqm-bench [--out DIR] [--only SUBSTRING] [--repeats N]`; `rmqm-bench run NAME` runs one.
+//! With `RMQM_BENCH_NO_REFERENCE` set, model benchmarks skip the candle-default reference run (for
+//! quick before/after timing of a kernel change).
 
 mod benches;
 
