@@ -9,6 +9,7 @@
 use crate::kernels::{
     ConvGeometry, IM2COL_SLACK, Real, col2im_add, epilogue, gemm_rm, im2col, vec_written_by,
 };
+use crate::ops::slice;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 use gemm::Parallelism;
@@ -195,14 +196,6 @@ pub fn conv_relu_pool_backward<T: Real>(
     flat
 }
 
-fn slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    let data = s.as_slice::<T>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("conv-relu-pool {what}: input must be contiguous"),
-    }
-}
-
 /// Convolution (with bias) + ReLU + 2x2 max pooling as one candle op: applied as
 /// `x.apply_op3(weight, bias, op)`.
 #[derive(Debug)]
@@ -249,9 +242,9 @@ impl CustomOp3 for ConvReluPoolOp {
         ) -> Result<(CpuStorage, Vec<u8>)> {
             let (y, codes) = conv_relu_pool_forward(
                 g,
-                slice::<T>(s[0].0, s[0].1, "input")?,
-                slice::<T>(s[1].0, s[1].1, "weight")?,
-                slice::<T>(s[2].0, s[2].1, "bias")?,
+                slice::<T>(s[0].0, s[0].1, "conv-relu-pool input")?,
+                slice::<T>(s[1].0, s[1].1, "conv-relu-pool weight")?,
+                slice::<T>(s[2].0, s[2].1, "conv-relu-pool bias")?,
             );
             Ok((T::to_cpu_storage_owned(y), codes))
         }
@@ -348,10 +341,10 @@ impl CustomOp3 for ConvReluPoolGrad {
         fn run<T: Real>(op: &ConvReluPoolGrad, s: [(&CpuStorage, &Layout); 3]) -> Result<Vec<T>> {
             Ok(conv_relu_pool_backward(
                 &op.g,
-                slice::<T>(s[0].0, s[0].1, "input")?,
-                slice::<T>(s[1].0, s[1].1, "weight")?,
+                slice::<T>(s[0].0, s[0].1, "conv-relu-pool input")?,
+                slice::<T>(s[1].0, s[1].1, "conv-relu-pool weight")?,
                 &op.codes,
-                slice::<T>(s[2].0, s[2].1, "gradient")?,
+                slice::<T>(s[2].0, s[2].1, "conv-relu-pool gradient")?,
                 op.want_input,
                 op.want_params,
             ))

@@ -11,7 +11,8 @@ use candle_core::{
 };
 use std::sync::{Arc, Mutex};
 
-fn slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+/// The contiguous elements of a custom op's input, or an error naming `what`.
+pub(crate) fn slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
     let data = s.as_slice::<T>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
