@@ -42,7 +42,16 @@ pub(crate) fn vec_written_by<T: Real>(
     n: usize,
     write: impl FnOnce(&mut [MaybeUninit<T>]),
 ) -> Vec<T> {
-    let mut v = Vec::with_capacity(n);
+    vec_written_by_reserving(n, 0, write)
+}
+
+/// [`vec_written_by`] with room for `extra` more elements (appended later without a reallocation).
+pub(crate) fn vec_written_by_reserving<T: Real>(
+    n: usize,
+    extra: usize,
+    write: impl FnOnce(&mut [MaybeUninit<T>]),
+) -> Vec<T> {
+    let mut v = Vec::with_capacity(n + extra);
     write(&mut v.spare_capacity_mut()[..n]);
     // SAFETY: every caller's `write` initialises all n elements (each kernel is tested against a
     // plain implementation on odd shapes).
@@ -899,11 +908,11 @@ pub fn channel_sums<T: Real>(
         .unzip()
 }
 
-/// Batch-norm backward in training mode from the forward's `state`: (dx, dgamma, dbeta), each only
-/// if asked; with `relu`, the gradient first passes ReLU's mask (recomputed from x exactly as the
-/// forward computed it). dx = gamma / sigma * (g - mean(g) - xhat * mean(g * xhat));
-/// dgamma = sum(g * xhat); dbeta = sum(g).
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+/// Batch-norm backward in training mode from the forward's `state`: one flat vector
+/// [dx | dgamma | dbeta] holding the parts asked for in `want`; with `relu`, the gradient first
+/// passes ReLU's mask (recomputed from x exactly as the forward computed it).
+/// dx = gamma / sigma * (g - mean(g) - xhat * mean(g * xhat)); dgamma = sum(g * xhat); dbeta = sum(g).
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward<T: Real>(
     x: &[T],
     g: &[T],
@@ -913,7 +922,7 @@ pub fn batch_norm_backward<T: Real>(
     hw: usize,
     relu: bool,
     want: (bool, bool, bool),
-) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
+) -> Vec<T> {
     let (scale_t, shift_t) = state.affine::<T>();
     let mask = relu.then_some((scale_t.as_slice(), shift_t.as_slice()));
     let (sg, sgx) = channel_sums(g, x, n, c, hw, mask);
@@ -923,8 +932,13 @@ pub fn batch_norm_backward<T: Real>(
     let sgxhat: Vec<f64> = (0..c)
         .map(|k| (sgx[k] - mean[k] * sg[k]) * inv_sigma[k])
         .collect();
-    let dx = (want.0 && hw > 0 && c > 0).then(|| {
-        vec_written_by(x.len(), |dx| {
+    let params = if want.1 { c } else { 0 } + if want.2 { c } else { 0 };
+    let mut flat = if !want.0 {
+        Vec::with_capacity(params)
+    } else if hw == 0 || c == 0 {
+        vec![T::zero(); x.len()]
+    } else {
+        vec_written_by_reserving(x.len(), params, |dx| {
             dx.par_chunks_mut(hw)
                 .zip(x.par_chunks(hw))
                 .zip(g.par_chunks(hw))
@@ -945,17 +959,14 @@ pub fn batch_norm_backward<T: Real>(
                     }
                 });
         })
-    });
-    let dx = if want.0 && dx.is_none() {
-        Some(vec![T::zero(); x.len()])
-    } else {
-        dx
     };
-    let dgamma = want
-        .1
-        .then(|| sgxhat.iter().map(|&v| T::from_f64(v)).collect());
-    let dbeta = want.2.then(|| sg.iter().map(|&v| T::from_f64(v)).collect());
-    (dx, dgamma, dbeta)
+    if want.1 {
+        flat.extend(sgxhat.iter().map(|&v| T::from_f64(v)));
+    }
+    if want.2 {
+        flat.extend(sg.iter().map(|&v| T::from_f64(v)));
+    }
+    flat
 }
 
 #[cfg(test)]

@@ -725,7 +725,7 @@ impl CustomOp2 for BatchNormGrad {
             s: [(&CpuStorage, &Layout); 2],
             (n, c, hw): (usize, usize, usize),
         ) -> Result<CpuStorage> {
-            let (dx, dgamma, dbeta) = kernels::batch_norm_backward(
+            Ok(T::to_cpu_storage_owned(kernels::batch_norm_backward(
                 slice::<T>(s[0].0, s[0].1, "batch norm input")?,
                 slice::<T>(s[1].0, s[1].1, "batch norm gradient")?,
                 &op.state,
@@ -734,11 +734,7 @@ impl CustomOp2 for BatchNormGrad {
                 hw,
                 op.relu,
                 op.want,
-            );
-            let mut flat = dx.unwrap_or_default();
-            flat.extend(dgamma.unwrap_or_default());
-            flat.extend(dbeta.unwrap_or_default());
-            Ok(T::to_cpu_storage_owned(flat))
+            )))
         }
         let s = [(s1, l1), (s2, l2)];
         let out = match s1.dtype() {
