@@ -7,7 +7,8 @@
 //! needs. Results equal `max_pool2x2(conv2d(x, w, b, relu))` exactly.
 
 use crate::kernels::{
-    ConvGeometry, IM2COL_SLACK, Real, col2im_add, epilogue, gemm_rm, im2col, vec_written_by,
+    ConvGeometry, IM2COL_SLACK, Real, accumulate_weight_grad, col2im_add, epilogue, gemm_rm,
+    im2col, vec_written_by,
 };
 use crate::ops::slice;
 use candle_core::backend::BackendStorage;
@@ -149,24 +150,14 @@ pub fn conv_relu_pool_backward<T: Real>(
                     }
                 }
                 if want_params {
-                    im2col(g, &x[b * g.in_size()..], &mut cols);
-                    gemm_rm(
-                        g.c_out,
-                        ckk,
-                        hw,
-                        &mut dw,
-                        true,
+                    accumulate_weight_grad(
+                        g,
+                        &x[b * g.in_size()..],
                         &conv_grad,
-                        false,
-                        &cols,
-                        true,
-                        Parallelism::None,
+                        &mut cols,
+                        &mut dw,
+                        Some(&mut db),
                     );
-                    for (s, plane) in db.iter_mut().zip(conv_grad.chunks_exact(hw)) {
-                        for &v in plane {
-                            *s += v;
-                        }
-                    }
                 }
                 if let Some(dxp) = dxp.as_deref_mut() {
                     gemm_rm(

@@ -530,35 +530,9 @@ pub fn conv2d_weight_grad<T: Real>(
                 vec![T::zero(); ckk * hw + IM2COL_SLACK]
             };
             for b in p * per..((p + 1) * per).min(g.n) {
-                let xb = &x[b * g.in_size()..];
                 let dyb = &dy[b * g.out_size()..(b + 1) * g.out_size()];
-                let src: &[T] = if direct {
-                    xb
-                } else {
-                    im2col(g, xb, &mut cols);
-                    &cols
-                };
-                gemm_rm(
-                    g.c_out,
-                    ckk,
-                    hw,
-                    &mut dw,
-                    true,
-                    dyb,
-                    false,
-                    src,
-                    true,
-                    Parallelism::None,
-                );
-                if want_bias {
-                    for (c, plane) in dyb.chunks_exact(hw).enumerate() {
-                        let mut s = T::zero();
-                        for &v in plane {
-                            s += v;
-                        }
-                        db[c] += s;
-                    }
-                }
+                let db = if want_bias { Some(&mut db[..]) } else { None };
+                accumulate_weight_grad(g, &x[b * g.in_size()..], dyb, &mut cols, &mut dw, db);
             }
             (dw, db)
         })
@@ -572,6 +546,46 @@ pub fn conv2d_weight_grad<T: Real>(
         db.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
     }
     (dw, if want_bias { Some(db) } else { None })
+}
+
+/// Adds one image's weight gradient `dy (c_out, hw) x im2col(x)^T` into `dw` and, if given, the
+/// per-channel sums of `dy` into `db`; `x` starts with the image (see [`im2col`]), `cols` is the
+/// im2col buffer (unused for a direct 1x1 convolution).
+pub fn accumulate_weight_grad<T: Real>(
+    g: &ConvGeometry,
+    x: &[T],
+    dy: &[T],
+    cols: &mut [T],
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+) {
+    let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
+    let direct = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.padding == 0;
+    let src: &[T] = if direct {
+        x
+    } else {
+        im2col(g, x, cols);
+        cols
+    };
+    gemm_rm(
+        g.c_out,
+        ckk,
+        hw,
+        dw,
+        true,
+        dy,
+        false,
+        src,
+        true,
+        Parallelism::None,
+    );
+    if let Some(db) = db {
+        for (s, plane) in db.iter_mut().zip(dy.chunks_exact(hw)) {
+            for &v in plane {
+                *s += v;
+            }
+        }
+    }
 }
 
 /// 2x2 max pooling with stride 2 (floor) on (planes, h, w); returns (planes, h/2, w/2).
