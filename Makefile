@@ -4,12 +4,14 @@
 #   make test            the test suite (what CI runs)
 #   make paper-mnist     LeNet-5 on MNIST, the paper's grid (DATA_DIR=... or make data first)
 #   make paper-cifar     ResNet-18 on CIFAR-10
-#   make paper           both
+#   make seeds-mnist     the seed study: the MNIST grid at dim 64 with seeds 0 1 2
+#   make paper           both tracks, then one report pooling them (OUT/paper/report)
 #   make bench           every stage's benchmark in one table
 #   make data            download the datasets (with checksums) into DATA_DIR
 #
-# Grid variables (paper-*): METHODS DIMS OPTIMIZERS EPOCHS N_TEST SEEDS DATA_DIR OUT.
-# Reruns make only what is missing or out of date; `make -j2` is safe.
+# Grid variables (paper-*): METHODS DIMS OPTIMIZERS EPOCHS N_TEST SEEDS PGD_VARIANT DATA_DIR OUT
+# RESULTS. Small results (stats, curves, probes, reports) go to RESULTS (results/, committed),
+# models and embeddings to OUT (out/). Reruns make only what is missing; `make -j2` is safe.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -22,6 +24,7 @@ SHELL := /bin/bash
 PROFILE ?= release
 THREADS ?= 0
 OUT ?= out
+RESULTS ?= results
 DATA_DIR ?= data
 CARGO ?= cargo
 BIN := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))
@@ -33,11 +36,11 @@ OPTIMIZERS ?= sgd adam
 SEEDS ?= 0
 N_TEST ?= 10000
 
-.PHONY: all build test lint bench data demo demo-ci paper paper-mnist paper-cifar clean-demo help
+.PHONY: all build test lint bench data demo demo-ci paper paper-mnist paper-cifar seeds-mnist clean-demo help
 all: help
 
 help:
-	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,15p' Makefile | sed 's/^# \{0,1\}//'
 
 build:
 	$(CARGO) build --profile $(PROFILE) --workspace --bins
@@ -53,7 +56,8 @@ include pipelines/grid.mk
 include pipelines/demo.mk
 include pipelines/paper-mnist.mk
 include pipelines/paper-cifar.mk
+include pipelines/seeds-mnist.mk
+include pipelines/paper.mk
 include pipelines/bench.mk
 include pipelines/data.mk
 
-paper: paper-mnist paper-cifar

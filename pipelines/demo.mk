@@ -2,6 +2,7 @@
 # pretrained on classes 0-4, walked on test images of those classes, probed on held-out classes 5-9.
 
 DEMO_OUT ?= $(OUT)/demo
+DEMO_WORK ?= $(DEMO_OUT)
 DEMO_DATA_DIR := data/demo
 DEMO_DATASET := fashion-mnist
 DEMO_TRAIN_ARGS := --split train --classes 0,1,2,3,4 --batch-size 64 --accumulate 1
@@ -16,7 +17,10 @@ DEMO_N_TEST ?= 200
 DEMO_NOISE_STEPS ?= 100
 DEMO_PGD_STEPS ?= 30
 DEMO_NOISE_SEED ?= 0
-DEMO_ALTERATIONS := noise pgd
+DEMO_AUGMENT_VIEWS ?= 10
+DEMO_LIDAR_ARGS ?= --lidar-images 1000 --lidar-delta 1e-4 --lidar-eps 1e-8
+DEMO_PGD_VARIANT ?= $(PGD_VARIANT)
+DEMO_PGD_REFERENCE_N_TEST ?= $(or $(PGD_REFERENCE_N_TEST),$(DEMO_N_TEST))
 DEMO_DOWNSTREAM := heldout
 DEMO_DS_heldout_EMBED := --dataset fashion-mnist --split train --classes 5,6,7,8,9
 DEMO_DS_heldout_PROBE := --split 0.8 --seed 0 --knn 1,5 --linear

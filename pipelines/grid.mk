@@ -1,13 +1,23 @@
 # The experiment as a grid of file targets, one per artifact. A grid named G is configured by
 # variables prefixed G_ (see demo.mk and paper-mnist.mk) and instantiated with
 #   $(eval $(call GRID,G))
-# which defines the rules below under $(G_OUT) and the targets G (the report) and G-plan.
+# which defines the rules below and the targets G (the report), G-plan and G-check-config.
+#
+# Two folders per grid:
+# - G_OUT, the small results a rerun resumes from (results/ for the paper grids, committed):
+#   stats/ID-WALK.parquet, curves/ID-WALK.parquet, probes/ID-DS.parquet, report/, grid-config.txt.
+# - G_WORK, the large intermediates (out/): models/ID.safetensors, altered/{noise,augment}.parquet
+#   (shared by every encoder), embeddings/ID-DS.parquet.
+# Models, altered images and embeddings are intermediate files: when a model's stats, curves and
+# probes exist, a missing model is not retrained (GNU make does not remake a missing intermediate
+# whose targets are up to date), so a fresh clone with results/ makes only the encoders that lack
+# them. The shared altered files are order-only prerequisites: making one again for a new encoder
+# does not make every other encoder's stats out of date.
 #
 # Model ids: <method>_d<dim>_<optimizer>_s<seed>; the random-init baseline: random_d<dim>_s<seed>.
-# Per model: models/ID.safetensors, stats/ID-{noise,pgd}.parquet with curves/ID-{noise,pgd}.parquet
-# (alter | embed | manifold-stats piped: no trajectory is stored), embeddings/ID-DS.parquet and
-# probes/ID-DS.parquet per downstream set DS. Shared: altered/noise.parquet (every model sees the
-# same noise). Then report/report.md from correlate.
+# Walks: noise and pgd (stats + curves; trajectories are never stored: alter | embed |
+# manifold-stats run as pipes), augment (stats with LiDAR, from the shared augment walk), and
+# pgd-reference (the authors' PGD walk) when G_PGD_VARIANT is reference.
 
 # Words of a model id, split on '_'.
 word_of = $(word $(1),$(subst _, ,$(2)))
@@ -20,52 +30,94 @@ define train_args
 $(if $(call is_baseline,$(2)),--method ntxent --epochs 0,--method $(call word_of,1,$(2)) --optimizer $(call word_of,3,$(2)) --epochs $($(1)_EPOCHS)) --dim $(call dim_of,$(2)) --seed $(call seed_of,$(2))
 endef
 
-define GRID
-$(1)_MODELS := $$(foreach s,$$($(1)_SEEDS),$$(foreach d,$$($(1)_DIMS),random_d$$(d)_s$$(s) $$(foreach m,$$($(1)_METHODS),$$(foreach o,$$($(1)_OPTIMIZERS),$$(m)_d$$(d)_$$(o)_s$$(s)))))
-$(1)_STATS := $$(foreach m,$$($(1)_MODELS),$$(foreach a,$$($(1)_ALTERATIONS),$$($(1)_OUT)/stats/$$(m)-$$(a).parquet))
-$(1)_CURVES := $$(patsubst $$($(1)_OUT)/stats/%,$$($(1)_OUT)/curves/%,$$($(1)_STATS))
-$(1)_PROBES := $$(foreach m,$$($(1)_MODELS),$$(foreach ds,$$($(1)_DOWNSTREAM),$$($(1)_OUT)/probes/$$(m)-$$(ds).parquet))
+# Everything that changes one encoder's results in grid $(1): a results folder made with other
+# settings is refused instead of being mixed in (subsets of METHODS, DIMS, OPTIMIZERS and SEEDS
+# are fine: they change which encoders exist, not what one encoder's files hold).
+define grid_config
+dataset=$($(1)_DATASET) train=$($(1)_TRAIN_ARGS) epochs=$($(1)_EPOCHS) test_split=$($(1)_TEST_SPLIT) alter=$($(1)_ALTER_ARGS) n_test=$($(1)_N_TEST) noise_steps=$($(1)_NOISE_STEPS) pgd_steps=$($(1)_PGD_STEPS) walk_seed=$($(1)_NOISE_SEED) views=$($(1)_AUGMENT_VIEWS) lidar=$($(1)_LIDAR_ARGS) $(foreach ds,$($(1)_DOWNSTREAM),$(ds)=[$($(1)_DS_$(ds)_EMBED) $($(1)_DS_$(ds)_PROBE)])
+endef
 
-# The trained models are intermediate files of these pattern rules: keep them (.PRECIOUS has to
-# name the rule's own target pattern; a bare %.safetensors does not protect them).
-.PRECIOUS: $$($(1)_OUT)/models/%.safetensors
-$$($(1)_OUT)/models/%.safetensors: | $(BUILD_STAMP)
+define GRID
+$(1)_WALKS := noise pgd $$(if $$(filter reference,$$($(1)_PGD_VARIANT)),pgd-reference)
+$(1)_MODELS := $$(foreach s,$$($(1)_SEEDS),$$(foreach d,$$($(1)_DIMS),random_d$$(d)_s$$(s) $$(foreach m,$$($(1)_METHODS),$$(foreach o,$$($(1)_OPTIMIZERS),$$(m)_d$$(d)_$$(o)_s$$(s)))))
+$(1)_CURVES := $$(foreach m,$$($(1)_MODELS),$$(foreach a,$$($(1)_WALKS),$$($(1)_OUT)/curves/$$(m)-$$(a).parquet))
+$(1)_STATS := $$(patsubst $$($(1)_OUT)/curves/%,$$($(1)_OUT)/stats/%,$$($(1)_CURVES)) $$(foreach m,$$($(1)_MODELS),$$($(1)_OUT)/stats/$$(m)-augment.parquet)
+$(1)_PROBES := $$(foreach m,$$($(1)_MODELS),$$(foreach ds,$$($(1)_DOWNSTREAM),$$($(1)_OUT)/probes/$$(m)-$$(ds).parquet))
+$(1)_CONFIG_FILE := $$($(1)_OUT)/grid-config.txt
+$(1)_BEFORE := $(BUILD_STAMP) $(1)-check-config
+
+# Trained models, altered images and embeddings are kept after the run (.PRECIOUS has to name a
+# pattern rule's own target pattern) and are intermediate (.SECONDARY for the explicit ones).
+.PRECIOUS: $$($(1)_WORK)/models/%.safetensors
+.SECONDARY: $$($(1)_WORK)/altered/noise.parquet $$($(1)_WORK)/altered/augment.parquet
+$$($(1)_WORK)/models/%.safetensors: | $$($(1)_BEFORE)
 	@mkdir -p $$(@D)
 	$(BIN)/train-encoder --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) $$($(1)_TRAIN_ARGS) $$(call train_args,$(1),$$*) --threads $(THREADS) -o $$@
 
-$$($(1)_OUT)/altered/noise.parquet: | $(BUILD_STAMP)
+# The shared walks, once per work folder (grids that share one, like paper-mnist and seeds-mnist,
+# share their models and walks).
+ifeq ($$(filter $$($(1)_WORK),$$(GRID_WORK_DIRS)),)
+GRID_WORK_DIRS += $$($(1)_WORK)
+$$($(1)_WORK)/altered/noise.parquet: | $$($(1)_BEFORE)
 	@mkdir -p $$(@D)
 	$(BIN)/alter --method noise --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --steps $$($(1)_NOISE_STEPS) --seed $$($(1)_NOISE_SEED) --threads $(THREADS) -o $$@
 
-$$($(1)_OUT)/stats/%-noise.parquet $$($(1)_OUT)/curves/%-noise.parquet &: $$($(1)_OUT)/models/%.safetensors $$($(1)_OUT)/altered/noise.parquet
+$$($(1)_WORK)/altered/augment.parquet: | $$($(1)_BEFORE)
+	@mkdir -p $$(@D)
+	$(BIN)/alter --method augment --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --views $$($(1)_AUGMENT_VIEWS) --seed $$($(1)_NOISE_SEED) --threads $(THREADS) -o $$@
+endif
+
+$$($(1)_OUT)/stats/%-noise.parquet $$($(1)_OUT)/curves/%-noise.parquet &: $$($(1)_WORK)/models/%.safetensors | $$($(1)_WORK)/altered/noise.parquet
 	@mkdir -p $$($(1)_OUT)/stats $$($(1)_OUT)/curves
-	$(BIN)/embed --model $$< --input $$($(1)_OUT)/altered/noise.parquet --threads $(THREADS) -o - \
+	$(BIN)/embed --model $$< --input $$($(1)_WORK)/altered/noise.parquet --threads $(THREADS) -o - \
 	  | $(BIN)/manifold-stats - --convention both --threads $(THREADS) -o $$($(1)_OUT)/stats/$$*-noise.parquet --curves $$($(1)_OUT)/curves/$$*-noise.parquet
 
-$$($(1)_OUT)/stats/%-pgd.parquet $$($(1)_OUT)/curves/%-pgd.parquet &: $$($(1)_OUT)/models/%.safetensors
+$$($(1)_OUT)/stats/%-pgd.parquet $$($(1)_OUT)/curves/%-pgd.parquet &: $$($(1)_WORK)/models/%.safetensors | $$($(1)_BEFORE)
 	@mkdir -p $$($(1)_OUT)/stats $$($(1)_OUT)/curves
 	$(BIN)/alter --method pgd --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --threads $(THREADS) -o - \
 	  | $(BIN)/embed --model $$< --input - --threads $(THREADS) -o - \
 	  | $(BIN)/manifold-stats - --convention both --threads $(THREADS) -o $$($(1)_OUT)/stats/$$*-pgd.parquet --curves $$($(1)_OUT)/curves/$$*-pgd.parquet
 
+$$($(1)_OUT)/stats/%-pgd-reference.parquet $$($(1)_OUT)/curves/%-pgd-reference.parquet &: $$($(1)_WORK)/models/%.safetensors | $$($(1)_BEFORE)
+	@mkdir -p $$($(1)_OUT)/stats $$($(1)_OUT)/curves
+	$(BIN)/alter --method pgd --preset reference --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_PGD_REFERENCE_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --threads $(THREADS) -o - \
+	  | $(BIN)/embed --model $$< --input - --threads $(THREADS) -o - \
+	  | $(BIN)/manifold-stats - --convention both --threads $(THREADS) -o $$($(1)_OUT)/stats/$$*-pgd-reference.parquet --curves $$($(1)_OUT)/curves/$$*-pgd-reference.parquet
+
+$$($(1)_OUT)/stats/%-augment.parquet: $$($(1)_WORK)/models/%.safetensors | $$($(1)_WORK)/altered/augment.parquet
+	@mkdir -p $$(@D)
+	$(BIN)/embed --model $$< --input $$($(1)_WORK)/altered/augment.parquet --threads $(THREADS) -o - \
+	  | $(BIN)/manifold-stats - --convention paper $$($(1)_LIDAR_ARGS) --threads $(THREADS) -o $$@
+
 $$(foreach ds,$$($(1)_DOWNSTREAM),$$(eval $$(call DOWNSTREAM,$(1),$$(ds))))
 
-$$($(1)_OUT)/report/report.md: $$($(1)_STATS) $$($(1)_CURVES) $$($(1)_PROBES)
+$$($(1)_OUT)/report/report.md: $$($(1)_STATS) $$($(1)_CURVES) $$($(1)_PROBES) | $(1)-check-config
 	@mkdir -p $$(@D)
 	$(BIN)/correlate --stats $$($(1)_STATS) --probes $$($(1)_PROBES) --curves $$($(1)_CURVES) $$($(1)_CORRELATE_ARGS) --threads $(THREADS) -o $$(@D)
 
-.PHONY: $(1) $(1)-plan
+# The results folder records the settings it was made with; other settings are refused.
+.PHONY: $(1) $(1)-plan $(1)-check-config
+$(1)-check-config:
+	@mkdir -p $$($(1)_OUT)
+	@want='$$(strip $$(call grid_config,$(1)))'; \
+	if [ -e $$($(1)_CONFIG_FILE) ]; then \
+	  have=$$$$(cat $$($(1)_CONFIG_FILE)); \
+	  if [ "$$$$have" != "$$$$want" ]; then \
+	    echo "$(1): $$($(1)_OUT) holds results made with other settings:"; echo "  had:  $$$$have"; echo "  now:  $$$$want"; \
+	    echo "$(1): give this run its own folder (e.g. RESULTS=out/results) or delete $$($(1)_OUT)"; exit 1; fi; \
+	else echo "$$$$want" > $$($(1)_CONFIG_FILE); fi
+
 $(1): $(1)-plan $$($(1)_OUT)/report/report.md
 	@echo "$(1): report in $$($(1)_OUT)/report/report.md"
 
 $(1)-plan:
 	@echo "$(1): $$(words $$($(1)_MODELS)) encoders ($$(words $$($(1)_METHODS)) methods x $$(words $$($(1)_DIMS)) dims x $$(words $$($(1)_OPTIMIZERS)) optimizers + $$(words $$($(1)_DIMS)) random-init baselines, x $$(words $$($(1)_SEEDS)) seeds), $$($(1)_EPOCHS) epochs on $$($(1)_DATASET)"
-	@echo "$(1): $$(words $$($(1)_STATS)) walks of $$($(1)_N_TEST) images ($$($(1)_ALTERATIONS)), $$(words $$($(1)_PROBES)) probes ($$($(1)_DOWNSTREAM)), then correlate into $$($(1)_OUT)/report"
+	@echo "$(1): $$(words $$($(1)_STATS)) walks of $$($(1)_N_TEST) images ($$($(1)_WALKS) augment), $$(words $$($(1)_PROBES)) probes ($$($(1)_DOWNSTREAM)), then correlate into $$($(1)_OUT)/report"
 	@todo=$$$$(for f in $$($(1)_OUT)/report/report.md $$($(1)_STATS) $$($(1)_PROBES); do [ -e $$$$f ] || echo x; done | wc -l); echo "$(1): $$$$todo of $$(words $$($(1)_STATS) $$($(1)_PROBES) x) targets to make"
 	@awk -v label=$$(words $$(filter cross-entropy triplet-entropy triplet-supervised,$$($(1)_METHODS))) -v views=$$(words $$(filter triplet-ss ntxent,$$($(1)_METHODS))) \
 	  -v per=$$$$(( $$(words $$($(1)_DIMS)) * $$(words $$($(1)_OPTIMIZERS)) * $$(words $$($(1)_SEEDS)) )) -v models=$$(words $$($(1)_MODELS)) \
 	  -v epochs=$$($(1)_EPOCHS) -v el=$$($(1)_EPOCH_SECONDS_LABELS) -v ev=$$($(1)_EPOCH_SECONDS_VIEWS) \
-	  -v walks=$$(words $$($(1)_ALTERATIONS)) -v ntest=$$($(1)_N_TEST) -v ws=$$($(1)_WALK_SECONDS_PER_1000) \
+	  -v walks=$$(words $$($(1)_WALKS)) -v ntest=$$($(1)_N_TEST) -v ws=$$($(1)_WALK_SECONDS_PER_1000) \
 	  -v probes=$$(words $$($(1)_DOWNSTREAM)) -v ps=$$($(1)_PROBE_SECONDS) \
 	  'BEGIN { t = per * epochs * (label * el + views * ev) + models * (walks * ntest / 1000 * ws + probes * ps); \
 	      u = t < 3600 ? sprintf("%.0f minutes", t / 60) : sprintf("%.1f hours", t / 3600); \
@@ -76,12 +128,12 @@ endef
 # $(1)_DS_$(2)_EMBED (embed's dataset arguments) and $(1)_DS_$(2)_PROBE (probe's arguments).
 define DOWNSTREAM
 # Kept after the run (make names a pattern rule's target pattern in .PRECIOUS, not any pattern).
-.PRECIOUS: $$($(1)_OUT)/embeddings/%-$(2).parquet
-$$($(1)_OUT)/embeddings/%-$(2).parquet: $$($(1)_OUT)/models/%.safetensors
+.PRECIOUS: $$($(1)_WORK)/embeddings/%-$(2).parquet
+$$($(1)_WORK)/embeddings/%-$(2).parquet: $$($(1)_WORK)/models/%.safetensors
 	@mkdir -p $$(@D)
 	$(BIN)/embed --model $$< --data-dir $$($(1)_DATA_DIR) $$($(1)_DS_$(2)_EMBED) --threads $(THREADS) -o $$@
 
-$$($(1)_OUT)/probes/%-$(2).parquet: $$($(1)_OUT)/embeddings/%-$(2).parquet
+$$($(1)_OUT)/probes/%-$(2).parquet: $$($(1)_WORK)/embeddings/%-$(2).parquet
 	@mkdir -p $$(@D)
 	$(BIN)/probe --input $$< --downstream $(2) $$($(1)_DS_$(2)_PROBE) --threads $(THREADS) -o $$@
 endef

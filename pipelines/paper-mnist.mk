@@ -1,7 +1,8 @@
 # make paper-mnist: LeNet-5 on MNIST, 5 methods x 6 dims x 2 optimizers + random-init baselines,
 # noise and PGD walks of N_TEST test images, probes on KMNIST, Omniglot and Fashion-MNIST.
 
-MNIST_OUT ?= $(OUT)/paper-mnist
+MNIST_OUT ?= $(RESULTS)/paper-mnist
+MNIST_WORK ?= $(OUT)/paper-mnist
 MNIST_DATA_DIR ?= $(DATA_DIR)
 MNIST_DATASET := mnist
 MNIST_TRAIN_ARGS := --split train --arch lenet5 --evaluate
@@ -16,7 +17,10 @@ MNIST_N_TEST ?= $(N_TEST)
 MNIST_NOISE_STEPS ?= 100
 MNIST_PGD_STEPS ?= 30
 MNIST_NOISE_SEED ?= 0
-MNIST_ALTERATIONS := noise pgd
+MNIST_AUGMENT_VIEWS ?= 10
+MNIST_LIDAR_ARGS ?= --lidar-images 1000 --lidar-delta 1e-4 --lidar-eps 1e-8
+MNIST_PGD_VARIANT ?= $(PGD_VARIANT)
+MNIST_PGD_REFERENCE_N_TEST ?= $(or $(PGD_REFERENCE_N_TEST),$(MNIST_N_TEST))
 MNIST_DOWNSTREAM := kmnist omniglot fashion
 MNIST_DS_kmnist_EMBED := --dataset kmnist --split test
 MNIST_DS_kmnist_PROBE := --split 0.8 --seed 0 --knn 1,5 --linear

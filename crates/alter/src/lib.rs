@@ -6,12 +6,14 @@ use candle_core::DType;
 use clap::Parser;
 use rayon::prelude::*;
 use rmqm_alter::{
-    NoiseConfig, NoiseDirection, PgdConfig, PgdStep, PgdWalk, noise_image, pgd_batch,
+    AugmentConfig, NoiseConfig, NoiseDirection, PgdConfig, PgdStep, PgdWalk, augment_view,
+    noise_image, pgd_batch,
 };
-use rmqm_artifacts::{Output, VectorBatchBuilder, VectorKind, VectorWriter, keys};
+use rmqm_artifacts::{Output, VectorBatch, VectorBatchBuilder, VectorKind, VectorWriter, keys};
 use rmqm_cli::{Stdio, Summary, base_provenance};
 use rmqm_data::{Dataset, ImageSet, LoadOptions, load};
 use rmqm_models::Encoder;
+use std::ops::Range;
 use std::path::PathBuf;
 
 /// The alteration.
@@ -21,6 +23,17 @@ pub enum AlterMethod {
     Noise,
     /// PGD with the model's own loss (needs --model).
     Pgd,
+    /// Q views of each image from the training augmentation (needs no model; LiDAR's input).
+    Augment,
+}
+
+/// A named set of PGD settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PgdPreset {
+    /// The authors' public code: level j restarts j iterations from the clean image, projected
+    /// onto the L-infinity ball of radius 0.3, step 2/255 on grey images (MNIST) and 1/255 on
+    /// colour images (CIFAR-10); recorded as the alteration `pgd-reference`.
+    Reference,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -47,13 +60,18 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 an altered-image stream (Parquet, or Arrow IPC on stdout with -o -). Noise: x_ij = clip(x_i + a_ij, 0, 1), \
 a_ij ~ N(0, eps_j^2), eps_j = eps_max j / J; each (image id, step) draws from its own seeded stream, so the \
 noise is identical whatever the batch size, subset, thread count or model. PGD: x_j = clip(x_(j-1) + alpha \
-sign(grad L), 0, 1) with L the model's own training loss, gradients with respect to the input only.",
+sign(grad L), 0, 1) with L the model's own training loss (the relative weights of its terms as in \
+training), gradients with respect to the input only. Augment: step 0 the clean image, steps 1..Q views \
+drawn with the training augmentation of the data's kind, each from a stream keyed by (seed, image id, view); \
+epsilon is 0 for the clean image and 1 for every view.",
     after_help = "Examples:\n  alter --method noise --dataset mnist --data-dir ../shared/data --split test --limit 1000 -o noise.parquet\n  \
 alter --method pgd --model m.safetensors --dataset mnist --limit 1000 -o pgd.parquet\n  \
+alter --method pgd --preset reference --model m.safetensors --dataset mnist --limit 1000 -o pgd-ref.parquet\n  \
+alter --method augment --views 10 --dataset mnist --limit 1000 -o - | embed --model m.safetensors -o - | manifold-stats - -o lidar.parquet\n  \
 alter --method noise --dataset mnist --limit 1000 -o - | embed --model m.safetensors -o traj.parquet"
 )]
 pub struct Args {
-    /// noise or pgd.
+    /// noise, pgd or augment.
     #[arg(long, value_enum)]
     pub method: AlterMethod,
     /// Dataset whose images are altered.
@@ -75,8 +93,11 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub classes: Vec<i32>,
     /// J, the number of steps after the clean image (default 100 for noise, 30 for PGD).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "views")]
     pub steps: Option<usize>,
+    /// Augment: Q, the number of views per image (steps 1..=Q).
+    #[arg(long)]
+    pub views: Option<usize>,
     /// Noise: eps at step J.
     #[arg(long, default_value_t = 1.0)]
     pub eps_max: f64,
@@ -86,6 +107,9 @@ pub struct Args {
     /// PGD: the model to attack.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// PGD: a named set of settings instead of --alpha, --walk and --radius.
+    #[arg(long, value_enum, conflicts_with_all = ["alpha", "walk", "radius", "step"])]
+    pub preset: Option<PgdPreset>,
     /// PGD: step size, a number or a fraction.
     #[arg(long, default_value = "2/255", value_parser = parse_fraction)]
     pub alpha: f64,
@@ -101,7 +125,7 @@ pub struct Args {
     /// Images processed together.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
-    /// Seed of the noise (and of PGD's augmented views).
+    /// Seed of the noise, of the augment walk's views and of PGD's augmented views.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Worker threads (0 = one per core).
@@ -152,11 +176,260 @@ fn select(set: ImageSet, ids: &[u32], classes: &[i32], limit: Option<usize>) -> 
     Ok(set)
 }
 
-/// Entry point with explicit stdio.
-pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
-    let args = Args::try_parse_from(&argv)?;
-    rmqm_cli::init_threads(args.threads);
-    let summary = Summary::start("alter");
+/// The walk a run makes, with its settings.
+enum Walk {
+    /// White noise of growing variance.
+    Noise(NoiseConfig),
+    /// PGD on a model's own loss; `name` is the alteration recorded (pgd or pgd-reference).
+    Pgd {
+        model: Box<Encoder>,
+        config: PgdConfig,
+        name: &'static str,
+    },
+    /// Views of the training augmentation.
+    Augment(AugmentConfig),
+}
+
+impl Walk {
+    /// The walk the arguments ask for, checked against the images' shape.
+    fn from_args(args: &Args, set: &ImageSet) -> Result<Walk> {
+        if args.method != AlterMethod::Augment && args.views.is_some() {
+            bail!("--views is for --method augment (use --steps for noise and PGD)");
+        }
+        if args.method != AlterMethod::Pgd && args.preset.is_some() {
+            bail!("--preset is for --method pgd");
+        }
+        let steps = match args.method {
+            AlterMethod::Noise => args.steps.unwrap_or(100),
+            AlterMethod::Pgd => args.steps.unwrap_or(30),
+            AlterMethod::Augment => {
+                if args.steps.is_some() {
+                    bail!("--method augment takes --views, not --steps");
+                }
+                args.views.unwrap_or(10)
+            }
+        };
+        if args.method == AlterMethod::Augment && steps < 2 {
+            bail!("--views must be at least 2 (LiDAR needs a within-image covariance)");
+        }
+        if steps < 2 {
+            bail!("--steps must be at least 2 (the spike metrics need steps 0..2)");
+        }
+        if steps > u16::MAX as usize {
+            bail!("--steps must fit the step column (at most {})", u16::MAX);
+        }
+        Ok(match args.method {
+            AlterMethod::Noise => Walk::Noise(NoiseConfig {
+                steps,
+                eps_max: args.eps_max,
+                direction: args.direction,
+                seed: args.seed,
+            }),
+            AlterMethod::Augment => Walk::Augment(AugmentConfig {
+                views: steps,
+                seed: args.seed,
+            }),
+            AlterMethod::Pgd => {
+                let path = args.model.as_ref().context("--method pgd needs --model")?;
+                let model = Encoder::load(path, DType::F32, &rmqm_models::device(), false)
+                    .map_err(anyhow::Error::msg)?;
+                let mc = model.config();
+                let (c, h, w) = (set.channels, set.height, set.width);
+                if (mc.channels, mc.height, mc.width) != (c, h, w) {
+                    bail!(
+                        "{}: the model takes {}x{}x{} images but {} {} has {c}x{h}x{w}",
+                        path.display(),
+                        mc.channels,
+                        mc.height,
+                        mc.width,
+                        set.dataset,
+                        set.split
+                    );
+                }
+                let (config, name) = match args.preset {
+                    None => (
+                        PgdConfig {
+                            steps,
+                            alpha: args.alpha,
+                            step: args.step,
+                            walk: args.walk,
+                            radius: args.radius,
+                            seed: args.seed,
+                        },
+                        "pgd",
+                    ),
+                    Some(PgdPreset::Reference) => (
+                        PgdConfig {
+                            steps,
+                            alpha: if c == 1 { 2.0 / 255.0 } else { 1.0 / 255.0 },
+                            step: PgdStep::Sign,
+                            walk: PgdWalk::Restart,
+                            radius: Some(0.3),
+                            seed: args.seed,
+                        },
+                        "pgd-reference",
+                    ),
+                };
+                Walk::Pgd {
+                    model: Box::new(model),
+                    config,
+                    name,
+                }
+            }
+        })
+    }
+
+    /// J: the steps after the clean image.
+    fn steps(&self) -> usize {
+        match self {
+            Walk::Noise(n) => n.steps,
+            Walk::Pgd { config, .. } => config.steps,
+            Walk::Augment(a) => a.views,
+        }
+    }
+
+    /// The alteration recorded in the output's metadata.
+    fn alteration(&self) -> &'static str {
+        match self {
+            Walk::Noise(_) => "noise",
+            Walk::Pgd { name, .. } => name,
+            Walk::Augment(_) => "augment",
+        }
+    }
+
+    /// The walk's own metadata keys.
+    fn describe(&self, prov: &mut rmqm_artifacts::Provenance) {
+        prov.set(keys::ALTERATION, self.alteration());
+        match self {
+            Walk::Noise(n) => {
+                prov.set("eps_max", n.eps_max).set("direction", n.direction);
+            }
+            Walk::Augment(a) => {
+                prov.set("views", a.views)
+                    .set("epsilon", "0 for the clean image, 1 for every view");
+            }
+            Walk::Pgd { model, config, .. } => {
+                let mc = model.config();
+                for (k, v) in mc.to_metadata() {
+                    if let Some(k) = k.strip_prefix("rmqm.") {
+                        if !matches!(
+                            k,
+                            "kind"
+                                | "version"
+                                | "seed"
+                                | "epochs"
+                                | "channels"
+                                | "height"
+                                | "width"
+                        ) {
+                            prov.set(k, v);
+                        }
+                    }
+                }
+                prov.set(keys::EPOCHS, mc.epochs)
+                    .set("alpha", config.alpha)
+                    .set("pgd_step", config.step)
+                    .set("walk", config.walk)
+                    .set(
+                        "radius",
+                        config.radius.map_or("none".to_string(), |r| r.to_string()),
+                    );
+            }
+        }
+    }
+
+    /// The rows of images `range` of `set`: every image's steps 0..=J, in (image_id, step) order.
+    fn rows(&self, set: &ImageSet, range: Range<usize>) -> Result<VectorBatch> {
+        let size = set.image_size();
+        let shape = (set.channels, set.height, set.width);
+        let steps = self.steps();
+        let mut out = VectorBatchBuilder::new(size, range.len() * (steps + 1));
+        match self {
+            Walk::Noise(noise) => {
+                let images = per_image(range.clone(), steps, |i, j| {
+                    noise_image(set.image(i), set.ids[i], j, noise)
+                });
+                push_rows(
+                    &mut out,
+                    set,
+                    range,
+                    steps,
+                    |j| noise.epsilon(j),
+                    |k, j| &images[k][j][..],
+                );
+            }
+            Walk::Augment(aug) => {
+                let images = per_image(range.clone(), steps, |i, j| {
+                    augment_view(set.image(i), set.ids[i], j, shape, aug)
+                });
+                push_rows(
+                    &mut out,
+                    set,
+                    range,
+                    steps,
+                    |j| aug.epsilon(j),
+                    |k, j| &images[k][j][..],
+                );
+            }
+            Walk::Pgd { model, config, .. } => {
+                let clean = &set.pixels[range.start * size..range.end * size];
+                let labels: Vec<i64> = set.labels[range.clone()]
+                    .iter()
+                    .map(|&l| l as i64)
+                    .collect();
+                let levels = pgd_batch(model, clean, &labels, &set.ids[range.clone()], config)
+                    .with_context(|| format!("PGD on images {}..{}", range.start, range.end))?;
+                push_rows(
+                    &mut out,
+                    set,
+                    range,
+                    steps,
+                    |j| config.alpha * j as f64,
+                    |k, j| &levels[j][k * size..(k + 1) * size],
+                );
+            }
+        }
+        Ok(out.finish())
+    }
+}
+
+/// Steps 0..=J of every image in `range` (`image_step(i, j)`), in parallel over images.
+fn per_image(
+    range: Range<usize>,
+    steps: usize,
+    image_step: impl Fn(usize, usize) -> Vec<f32> + Sync,
+) -> Vec<Vec<Vec<f32>>> {
+    range
+        .into_par_iter()
+        .map(|i| (0..=steps).map(|j| image_step(i, j)).collect())
+        .collect()
+}
+
+/// Appends steps 0..=J of every image in `range`, image by image; `row(k, j)` is step j of the
+/// range's k-th image.
+fn push_rows<'a>(
+    out: &mut VectorBatchBuilder,
+    set: &ImageSet,
+    range: Range<usize>,
+    steps: usize,
+    epsilon: impl Fn(usize) -> f64,
+    row: impl Fn(usize, usize) -> &'a [f32],
+) {
+    for (k, i) in range.enumerate() {
+        for j in 0..=steps {
+            out.push(
+                set.ids[i],
+                set.labels[i],
+                j as u16,
+                epsilon(j) as f32,
+                row(k, j),
+            );
+        }
+    }
+}
+
+/// Loads the split the arguments name and selects its images.
+fn load_images(args: &Args) -> Result<ImageSet> {
     let data_dir = args
         .data_dir
         .clone()
@@ -174,160 +447,62 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     if set.is_empty() {
         bail!("no images selected");
     }
-    let steps = args.steps.unwrap_or(match args.method {
-        AlterMethod::Noise => 100,
-        AlterMethod::Pgd => 30,
-    });
-    if steps < 2 {
-        bail!("--steps must be at least 2 (the spike metrics need steps 0..2)");
-    }
-    if steps > u16::MAX as usize {
-        bail!("--steps must fit the step column (at most {})", u16::MAX);
-    }
-    let batch = args.batch_size.max(1);
-    let (c, h, w) = (set.channels, set.height, set.width);
-    let size = set.image_size();
+    Ok(set)
+}
+
+/// Entry point with explicit stdio.
+pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
+    let args = Args::try_parse_from(&argv)?;
+    rmqm_cli::init_threads(args.threads);
+    let summary = Summary::start("alter");
+    let set = load_images(&args)?;
+    let walk = Walk::from_args(&args, &set)?;
+    let steps = walk.steps();
 
     let mut prov = base_provenance("alter", &argv);
     prov.set(keys::KIND, "altered")
         .set(keys::DATASET, args.dataset.name())
-        .set(keys::SPLIT, &split)
+        .set(keys::SPLIT, &set.split)
         .set(keys::SEED, args.seed)
         .set(keys::STEPS, steps)
-        .set(keys::CHANNELS, c)
-        .set(keys::HEIGHT, h)
-        .set(keys::WIDTH, w);
-    let model = match args.method {
-        AlterMethod::Noise => {
-            prov.set(keys::ALTERATION, "noise")
-                .set("eps_max", args.eps_max)
-                .set("direction", args.direction);
-            None
-        }
-        AlterMethod::Pgd => {
-            let path = args.model.as_ref().context("--method pgd needs --model")?;
-            let model = Encoder::load(path, DType::F32, &rmqm_models::device(), false)
-                .map_err(anyhow::Error::msg)?;
-            let mc = model.config();
-            if (mc.channels, mc.height, mc.width) != (c, h, w) {
-                bail!(
-                    "{}: the model takes {}x{}x{} images but {} {split} has {c}x{h}x{w}",
-                    path.display(),
-                    mc.channels,
-                    mc.height,
-                    mc.width,
-                    args.dataset
-                );
-            }
-            for (k, v) in mc.to_metadata() {
-                if let Some(k) = k.strip_prefix("rmqm.") {
-                    if !matches!(
-                        k,
-                        "kind" | "version" | "seed" | "epochs" | "channels" | "height" | "width"
-                    ) {
-                        prov.set(k, v);
-                    }
-                }
-            }
-            prov.set(keys::EPOCHS, mc.epochs)
-                .set(keys::ALTERATION, "pgd")
-                .set("alpha", args.alpha)
-                .set("pgd_step", args.step)
-                .set("walk", args.walk)
-                .set(
-                    "radius",
-                    args.radius.map_or("none".to_string(), |r| r.to_string()),
-                );
-            Some(model)
-        }
-    };
+        .set(keys::CHANNELS, set.channels)
+        .set(keys::HEIGHT, set.height)
+        .set(keys::WIDTH, set.width);
+    walk.describe(&mut prov);
+
     let stdout = stdio.take_stdout();
     let mut writer = VectorWriter::create_with_stdout(
         &args.output,
         VectorKind::Pixels,
-        size,
+        set.image_size(),
         &prov,
         move || stdout,
     )?;
     let bar = rmqm_cli::progress(
         Some(set.len() as u64),
-        &format!("alter {}", prov.get(keys::ALTERATION).unwrap_or("")),
+        &format!("alter {}", walk.alteration()),
         "images",
     );
-    let noise = NoiseConfig {
-        steps,
-        eps_max: args.eps_max,
-        direction: args.direction,
-        seed: args.seed,
-    };
-    let pgd = PgdConfig {
-        steps,
-        alpha: args.alpha,
-        step: args.step,
-        walk: args.walk,
-        radius: args.radius,
-        seed: args.seed,
-    };
+    let batch = args.batch_size.max(1);
     for start in (0..set.len()).step_by(batch) {
         let end = (start + batch).min(set.len());
-        let mut out = VectorBatchBuilder::new(size, (end - start) * (steps + 1));
-        match &model {
-            None => {
-                let per_image: Vec<Vec<Vec<f32>>> = (start..end)
-                    .into_par_iter()
-                    .map(|i| {
-                        (0..=steps)
-                            .map(|j| noise_image(set.image(i), set.ids[i], j, &noise))
-                            .collect()
-                    })
-                    .collect();
-                for (k, rows) in per_image.iter().enumerate() {
-                    let i = start + k;
-                    for (j, row) in rows.iter().enumerate() {
-                        out.push(
-                            set.ids[i],
-                            set.labels[i],
-                            j as u16,
-                            noise.epsilon(j) as f32,
-                            row,
-                        );
-                    }
-                }
-            }
-            Some(m) => {
-                let clean = &set.pixels[start * size..end * size];
-                let labels: Vec<i64> = set.labels[start..end].iter().map(|&l| l as i64).collect();
-                let levels = pgd_batch(m, clean, &labels, &set.ids[start..end], &pgd)
-                    .with_context(|| format!("PGD on images {start}..{end}"))?;
-                for k in 0..end - start {
-                    let i = start + k;
-                    for (j, level) in levels.iter().enumerate() {
-                        out.push(
-                            set.ids[i],
-                            set.labels[i],
-                            j as u16,
-                            (args.alpha * j as f64) as f32,
-                            &level[k * size..(k + 1) * size],
-                        );
-                    }
-                }
-            }
-        }
-        writer.write(&out.finish())?;
+        writer.write(&walk.rows(&set, start..end)?)?;
         bar.inc((end - start) as u64);
     }
     bar.finish_and_clear();
     let rows = writer.finish()?;
+
     let secs = summary.elapsed().as_secs_f64().max(1e-9);
+    let what = match &walk {
+        Walk::Noise(n) => format!("({}, eps_max {})", n.direction, n.eps_max),
+        Walk::Pgd { config, .. } => format!("walk ({})", config.walk),
+        Walk::Augment(a) => format!("walk ({} views)", a.views),
+    };
     summary.finish(&format!(
-        "{} {} of {} {split} images x {} steps = {} rows ({:.0} images/s); wrote {}",
-        prov.get(keys::ALTERATION).unwrap_or(""),
-        if model.is_some() {
-            format!("walk ({})", args.walk)
-        } else {
-            format!("({}, eps_max {})", args.direction, args.eps_max)
-        },
+        "{} {what} of {} {} images x {} steps = {} rows ({:.0} images/s); wrote {}",
+        walk.alteration(),
         rmqm_cli::thousands(set.len() as u64),
+        set.split,
         steps + 1,
         rmqm_cli::thousands(rows as u64),
         set.len() as f64 / secs,

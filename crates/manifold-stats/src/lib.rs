@@ -10,8 +10,9 @@ use rmqm_artifacts::{
 };
 use rmqm_cli::{Stdio, Summary, base_provenance};
 use rmqm_manifold::{
-    CURVE_NAMES, Convention, ConventionSummary, CurveAccumulator, ImageTerms, ImageTrajectory,
-    SpectrumAccumulator, StatsAccumulator, TrajectoryGrouper, Weights, image_terms,
+    AlphaReq, CURVE_NAMES, Convention, ConventionSummary, CurveAccumulator, ImageTerms,
+    ImageTrajectory, Lidar, LidarAccumulator, LidarConfig, SpectrumAccumulator, StatsAccumulator,
+    TrajectoryGrouper, Weights, image_terms,
 };
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -37,10 +38,12 @@ pub enum ConventionChoice {
 sorted by image_id then step), L2-normalises every embedding, and measures for each image the distance \
 to the clean embedding (d0_j) and to the previous step (dp_j). These give D (eq. 2), D_RC (eq. 3), P_RC \
 (eq. 4), RMQM (eq. 5) and the weighted RMQM (eq. 6), in the paper's convention or the authors' code's \
-(see README). Also RankMe and alpha-ReQ of the clean embeddings.",
+(see README). Also RankMe and alpha-ReQ of the clean embeddings, and on an augment walk (steps 1..Q are \
+views of the image) LiDAR (Thilak et al., ICLR 2024) of the first --lidar-images images' views.",
     after_help = "Examples:\n  manifold-stats traj.parquet -o summary.parquet --curves curves.parquet\n  \
 alter --method noise --dataset mnist --limit 1000 -o - | embed --model m.safetensors -o - | manifold-stats - -o summary.parquet\n  \
-manifold-stats --convention both --by-label --per-image images.parquet traj.parquet -o summary.parquet"
+manifold-stats --convention both --by-label --per-image images.parquet traj.parquet -o summary.parquet\n  \
+alter --method augment --views 10 --limit 1000 -o - | embed --model m.safetensors -o - | manifold-stats - -o lidar.parquet"
 )]
 pub struct Args {
     /// Trajectories file (Parquet or Arrow IPC), `-` for stdin.
@@ -67,9 +70,52 @@ pub struct Args {
     /// Rows decoded per batch.
     #[arg(long, default_value_t = 8192)]
     pub batch_rows: usize,
+    /// LiDAR of the views (steps 1..Q) of each image; on by default when the input's metadata
+    /// says it is an augment walk, an error for any other walk.
+    #[arg(long)]
+    pub lidar: bool,
+    /// LiDAR: n, the images (surrogate classes) that enter, the first n of the stream.
+    #[arg(long, default_value_t = 1000)]
+    pub lidar_images: usize,
+    /// LiDAR: delta, added to the diagonal of the within-class covariance.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lidar_delta: f64,
+    /// LiDAR: eps, added to every eigenvalue before the entropy.
+    #[arg(long, default_value_t = 1e-8)]
+    pub lidar_eps: f64,
     /// Worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+}
+
+/// Whether LiDAR is measured: asked for, or implied by an augment walk's metadata; asking for it
+/// on a walk that says it is something else is an error.
+fn lidar_config(
+    args: &Args,
+    prov: &Provenance,
+    path: &std::path::Path,
+) -> Result<Option<LidarConfig>> {
+    let alteration = prov.get(keys::ALTERATION);
+    let augment = alteration == Some("augment");
+    if args.lidar && !augment {
+        if let Some(other) = alteration {
+            bail!(
+                "{}: LiDAR needs an augment walk (alter --method augment), but this is a {other} walk",
+                path.display()
+            );
+        }
+    }
+    if !(args.lidar || augment) {
+        return Ok(None);
+    }
+    if args.lidar_images < 2 {
+        bail!("--lidar-images must be at least 2");
+    }
+    Ok(Some(LidarConfig {
+        delta: args.lidar_delta,
+        eps: args.lidar_eps,
+        max_images: args.lidar_images,
+    }))
 }
 
 /// Entry point with the process's stdio.
@@ -120,6 +166,7 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
             );
         }
     }
+    let lidar_config = lidar_config(&args, &input_prov, &path)?;
     let bar = rmqm_cli::progress(
         reader.total_rows().map(|r| r as u64),
         "manifold-stats",
@@ -162,34 +209,40 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
     let mut by_label: BTreeMap<i32, StatsAccumulator> = BTreeMap::new();
     let mut curves = CurveAccumulator::new();
     let mut spectrum = SpectrumAccumulator::new(dim);
+    let mut lidar = lidar_config.map(|c| LidarAccumulator::new(dim, c));
     let mut first_epsilons: Option<Vec<f32>> = None;
     let mut pending: Vec<ImageTrajectory> = Vec::new();
-    let mut process =
-        |images: &mut Vec<ImageTrajectory>, writer: &mut Option<ArtifactWriter>| -> Result<()> {
-            if images.is_empty() {
-                return Ok(());
+    let mut process = |images: &mut Vec<ImageTrajectory>,
+                       writer: &mut Option<ArtifactWriter>|
+     -> Result<()> {
+        if images.is_empty() {
+            return Ok(());
+        }
+        if first_epsilons.is_none() {
+            first_epsilons = Some(images[0].epsilons.clone());
+        }
+        let terms: Vec<ImageTerms> = images
+            .par_iter()
+            .map(|img| image_terms(img.image_id, img.label, &img.rows, dim))
+            .collect();
+        for (img, t) in images.iter().zip(&terms) {
+            spectrum.add(&img.rows[..dim]);
+            if let Some(l) = lidar.as_mut().filter(|l| l.wants_more()) {
+                l.add_image(&img.rows[dim..])
+                    .with_context(|| format!("{}: image_id {}", path.display(), img.image_id))?;
             }
-            if first_epsilons.is_none() {
-                first_epsilons = Some(images[0].epsilons.clone());
+            total.add(t);
+            curves.add(t);
+            if args.by_label {
+                by_label.entry(t.label).or_default().add(t);
             }
-            let terms: Vec<ImageTerms> = images
-                .par_iter()
-                .map(|img| image_terms(img.image_id, img.label, &img.rows, dim))
-                .collect();
-            for (img, t) in images.iter().zip(&terms) {
-                spectrum.add(&img.rows[..dim]);
-                total.add(t);
-                curves.add(t);
-                if args.by_label {
-                    by_label.entry(t.label).or_default().add(t);
-                }
-            }
-            if let Some(w) = writer.as_mut() {
-                w.write(&per_image_table(&terms).to_record_batch())?;
-            }
-            images.clear();
-            Ok(())
-        };
+        }
+        if let Some(w) = writer.as_mut() {
+            w.write(&per_image_table(&terms).to_record_batch())?;
+        }
+        images.clear();
+        Ok(())
+    };
     for batch in rx {
         let batch = batch?;
         bar.inc(batch.len() as u64);
@@ -220,8 +273,14 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
         ConventionChoice::Reference => &[Convention::Reference],
         ConventionChoice::Both => &[Convention::Paper, Convention::Reference],
     };
-    let rankme = spectrum.rankme();
-    let alpha = spectrum.alpha_req();
+    let peers = PeerMetrics {
+        rankme: spectrum.rankme(),
+        alpha_req: spectrum.alpha_req(),
+        lidar: lidar
+            .map(|l| l.finish())
+            .transpose()
+            .with_context(|| format!("{}: LiDAR", path.display()))?,
+    };
     let mut rows: Vec<(String, ConventionSummary)> = Vec::new();
     for &c in conventions {
         rows.push(("all".into(), total.summary(c, &args.weights)));
@@ -229,15 +288,15 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
             rows.push((label.to_string(), acc.summary(c, &args.weights)));
         }
     }
+    let seconds = summary_line.elapsed().as_secs_f64();
     let table = summary_table(
         &rows,
         &input_prov,
         dim,
         &args.weights,
-        rankme,
-        alpha.alpha,
-        alpha.r_squared,
+        &peers,
         &args.input,
+        seconds,
     );
     if let Some(w) = per_image_writer {
         w.finish()?;
@@ -253,7 +312,7 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
     write_table(&args.output, &table, &out_prov)?;
     let head = &rows[0].1;
     summary_line.finish(&format!(
-        "{} images x {} steps, dim {dim}: D {:.4}, D_RC {:.4}, P_RC {:.4}, RMQM {:.4} ({}), wrote {}",
+        "{} images x {} steps, dim {dim}: D {:.4}, D_RC {:.4}, P_RC {:.4}, RMQM {:.4} ({}){}, wrote {}",
         rmqm_cli::thousands(total.n_images()),
         head.n_steps,
         head.d,
@@ -261,6 +320,10 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
         head.p_rc,
         head.rmqm,
         head.convention,
+        peers.lidar.as_ref().map_or(String::new(), |l| format!(
+            ", LiDAR {:.3} ({} images x {} views)",
+            l.value, l.images, l.views
+        )),
         args.output
     ));
     Ok(Outcome {
@@ -291,16 +354,22 @@ fn provenance_columns(t: &mut Table, prov: &Provenance, dim: usize, n: usize) {
     t.push("alteration", Column::Str(text(keys::ALTERATION)));
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The label-free metrics of a run: RankMe and alpha-ReQ of the clean embeddings, LiDAR of the
+/// views when the walk is an augment walk.
+struct PeerMetrics {
+    rankme: f64,
+    alpha_req: AlphaReq,
+    lidar: Option<Lidar>,
+}
+
 fn summary_table(
     rows: &[(String, ConventionSummary)],
     prov: &Provenance,
     dim: usize,
     weights: &Weights,
-    rankme: f64,
-    alpha: f64,
-    alpha_r2: f64,
+    peers: &PeerMetrics,
     input: &Input,
+    seconds: f64,
 ) -> Table {
     let n = rows.len();
     let mut t = Table::new();
@@ -341,10 +410,28 @@ fn summary_table(
     t.push("D_RC_dropped_images", i(&|s| s.d_rc_dropped_images));
     t.push("P_RC_dropped_images", i(&|s| s.p_rc_dropped_images));
     t.push("weights", Column::Str(vec![weights.to_string(); n]));
-    t.push("rankme", Column::F64(vec![rankme; n]));
-    t.push("alpha_req", Column::F64(vec![alpha; n]));
-    t.push("alpha_req_r2", Column::F64(vec![alpha_r2; n]));
+    t.push("rankme", Column::F64(vec![peers.rankme; n]));
+    t.push("alpha_req", Column::F64(vec![peers.alpha_req.alpha; n]));
+    t.push(
+        "alpha_req_r2",
+        Column::F64(vec![peers.alpha_req.r_squared; n]),
+    );
+    let lidar = peers.lidar.as_ref();
+    t.push(
+        "lidar",
+        Column::F64(vec![lidar.map_or(f64::NAN, |l| l.value); n]),
+    );
+    t.push(
+        "lidar_images",
+        Column::I64(vec![lidar.map_or(0, |l| l.images as i64); n]),
+    );
+    t.push(
+        "lidar_views",
+        Column::I64(vec![lidar.map_or(0, |l| l.views as i64); n]),
+    );
     t.push("source", Column::Str(vec![input.to_string(); n]));
+    // Wall time of the run; when piped, it includes the upstream tools' work (they run alongside).
+    t.push("seconds", Column::F64(vec![seconds; n]));
     t
 }
 

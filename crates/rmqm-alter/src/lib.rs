@@ -1,8 +1,11 @@
 //! Alterations that walk the representation manifold: seeded white noise (counter-based, so every
-//! model sees exactly the same noise) and PGD with each method's own loss.
+//! model sees exactly the same noise), PGD with each method's own training loss, and the
+//! augmentation walk (seeded views of each image, LiDAR's surrogate classes).
 
+mod augment;
 mod noise;
 mod pgd;
 
+pub use augment::{AugmentConfig, augment_view};
 pub use noise::{NoiseConfig, NoiseDirection, noise_image, noise_stream_key};
 pub use pgd::{PgdConfig, PgdStep, PgdWalk, pgd_batch, pgd_step};

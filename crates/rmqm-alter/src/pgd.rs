@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 use rmqm_models::{Encoder, Method};
-use rmqm_train::{Augmentation, augment_batch, cross_entropy, ntxent, semihard_triplet};
+use rmqm_train::{Augmentation, BatchEmbeddings, augment_batch, embedding_loss};
 use std::fmt;
 use std::str::FromStr;
 
@@ -61,8 +61,12 @@ pub struct PgdConfig {
     pub seed: u64,
 }
 
-/// The attack loss of `model`'s method on a batch at `x`, summed over images for cross-entropy
-/// (so each image's gradient is its own) and the method's batch loss otherwise.
+/// The attack loss of `model`'s method on a batch at `x`: the method's own training loss
+/// ([`embedding_loss`], the same function training minimises, so every term keeps its training
+/// weight) times the batch size. For cross-entropy that is the sum over images, so each image's
+/// gradient is its own; for triplet-entropy, n (mean cross-entropy + mean semihard triplet), the
+/// two terms weighed 1:1 as in training. The self-supervised methods compare each image with a
+/// seeded augmented view of it, held constant (no gradient flows through the view).
 fn attack_loss(
     model: &Encoder,
     x: &Tensor,
@@ -75,56 +79,44 @@ fn attack_loss(
     let cfg = model.config();
     let n = labels.len();
     let emb = model.embed(x, false)?;
-    let labels_t = || {
-        Tensor::new(
-            labels.iter().map(|&l| l as u32).collect::<Vec<_>>(),
-            x.device(),
-        )
+    let loss = match cfg.method {
+        Method::CrossEntropy | Method::TripletEntropy | Method::TripletSupervised => {
+            embedding_loss(
+                model,
+                cfg.method,
+                &BatchEmbeddings::Labelled {
+                    embeddings: &emb,
+                    labels,
+                },
+            )?
+        }
+        Method::TripletSs | Method::Ntxent => {
+            let (c, h, w) = (cfg.channels, cfg.height, cfg.width);
+            let imgs: Vec<&[f32]> = x_now.chunks(c * h * w).collect();
+            let v = augment_batch(
+                Augmentation::for_images(c),
+                &imgs,
+                ids,
+                c,
+                h,
+                w,
+                seed,
+                key,
+                0,
+            );
+            let v = Tensor::from_vec(v, (n, c, h, w), x.device())?.to_dtype(emb.dtype())?;
+            let view = model.embed(&v, false)?.detach();
+            embedding_loss(
+                model,
+                cfg.method,
+                &BatchEmbeddings::Views {
+                    first: &emb,
+                    second: &view,
+                },
+            )?
+        }
     };
-    let views = |e: &Tensor| -> Result<Tensor> {
-        // A seeded augmented view of each current image; constant: no gradient flows through it.
-        let (c, h, w) = (cfg.channels, cfg.height, cfg.width);
-        let size = c * h * w;
-        let imgs: Vec<&[f32]> = x_now.chunks(size).collect();
-        let v = augment_batch(
-            Augmentation::for_images(c),
-            &imgs,
-            ids,
-            c,
-            h,
-            w,
-            seed,
-            key,
-            0,
-        );
-        let v = Tensor::from_vec(v, (n, c, h, w), x.device())?.to_dtype(e.dtype())?;
-        Ok(model.embed(&v, false)?.detach())
-    };
-    match cfg.method {
-        Method::CrossEntropy => {
-            let logits = model
-                .logits(&emb)?
-                .expect("cross-entropy models have a head");
-            cross_entropy(&logits, &labels_t()?)? * n as f64
-        }
-        Method::TripletEntropy => {
-            let logits = model
-                .logits(&emb)?
-                .expect("triplet-entropy models have a head");
-            (cross_entropy(&logits, &labels_t()?)? * n as f64)?
-                + semihard_triplet(&emb, labels, cfg.margin)?
-        }
-        Method::TripletSupervised => semihard_triplet(&emb, labels, cfg.margin),
-        Method::TripletSs => {
-            let v = views(&emb)?;
-            let ids2: Vec<i64> = (0..2 * n).map(|i| (i % n) as i64).collect();
-            semihard_triplet(&Tensor::cat(&[&emb, &v], 0)?, &ids2, cfg.margin)
-        }
-        Method::Ntxent => {
-            let v = views(&emb)?;
-            ntxent(&emb, &v, cfg.temperature)
-        }
-    }
+    loss * n as f64
 }
 
 /// One PGD update of the batch `x` (B images of C*H*W values); `clean` bounds the radius; `key`

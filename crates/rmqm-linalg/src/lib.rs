@@ -139,6 +139,33 @@ pub fn symmetric_eigenvalues(m: &[f64], n: usize) -> Vec<f64> {
     v
 }
 
+/// Eigenvalues and eigenvectors of a symmetric matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SymmetricEigen {
+    /// Eigenvalues, descending.
+    pub values: Vec<f64>,
+    /// Eigenvectors as the columns of an `n x n` row-major matrix, in the order of `values`.
+    pub vectors: Vec<f64>,
+}
+
+/// Eigenvalues and eigenvectors of the symmetric `n x n` matrix `m` (row-major f64).
+pub fn symmetric_eigen(m: &[f64], n: usize) -> SymmetricEigen {
+    assert_eq!(m.len(), n * n);
+    let eig = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(n, n, m));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+    let mut vectors = vec![0.0; n * n];
+    for (col, &k) in order.iter().enumerate() {
+        for row in 0..n {
+            vectors[row * n + col] = eig.eigenvectors[(row, k)];
+        }
+    }
+    SymmetricEigen {
+        values: order.iter().map(|&k| eig.eigenvalues[k]).collect(),
+        vectors,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +222,27 @@ mod tests {
         let mut g = vec![0.0; 4];
         add_gram_f64(&mut g, &x, 2, 2);
         assert_eq!(g, vec![10.0, 14.0, 14.0, 20.0]);
+    }
+
+    #[test]
+    fn eigenvectors_rebuild_the_matrix() {
+        let n = 4;
+        let m: Vec<f64> = (0..n * n)
+            .map(|k| {
+                let (i, j) = (k / n, k % n);
+                1.0 / (1.0 + i as f64 + j as f64) + if i == j { 2.0 } else { 0.0 }
+            })
+            .collect();
+        let e = symmetric_eigen(&m, n);
+        assert!(e.values.windows(2).all(|w| w[0] >= w[1]));
+        assert_eq!(e.values, symmetric_eigenvalues(&m, n));
+        for i in 0..n {
+            for j in 0..n {
+                let v: f64 = (0..n)
+                    .map(|k| e.vectors[i * n + k] * e.values[k] * e.vectors[j * n + k])
+                    .sum();
+                assert!((v - m[i * n + j]).abs() < 1e-12, "{i} {j}: {v}");
+            }
+        }
     }
 }

@@ -1,14 +1,19 @@
 //! Manifold statistics from trajectories: for every image, the distances of its L2-normalised
 //! embeddings to the clean one (d0_j) and to the previous step (dp_j), turned into D, D_RC, P_RC and
 //! RMQM in two conventions (the paper's printed equations and the authors' public code), plus
-//! per-step curves and the label-free peer metrics RankMe and alpha-ReQ. Everything streams image by
+//! per-step curves and the label-free peer metrics RankMe, alpha-ReQ and LiDAR (on augmentation walks). Everything streams image by
 //! image: memory does not grow with the number of images.
 
+mod lidar;
 mod spectrum;
 mod stream;
 mod summary;
 mod terms;
 
+pub use lidar::{
+    Lidar, LidarAccumulator, LidarConfig, LidarError, discriminant_eigenvalues, effective_rank,
+    lidar_dense,
+};
 pub use spectrum::{AlphaReq, SpectrumAccumulator, alpha_req, rankme};
 pub use stream::{ImageTrajectory, TrajectoryError, TrajectoryGrouper};
 pub use summary::{

@@ -7,7 +7,7 @@ pub mod losses;
 pub mod optim;
 mod trainer;
 
-pub use augment::{Augmentation, augment_batch};
+pub use augment::{Augmentation, augment_batch, augment_image};
 pub use losses::{
     BatchEmbeddings, BatchInput, batch_all_triplet, cross_entropy, embedding_loss, method_loss,
     ntxent, semihard_triplet, semihard_triplets,
