@@ -61,3 +61,4 @@ include pipelines/paper.mk
 include pipelines/bench.mk
 include pipelines/data.mk
 
+include pipelines/slurm.mk
