@@ -72,15 +72,19 @@ define SLURM_GRID
 $(1)_SLURM_DIR ?= $$($(1)_WORK)/slurm
 .PHONY: $(1)-slurm-plan $(1)-slurm-submit $(2)-status
 $(1)-slurm-plan:
-	@: $$(shell mkdir -p $$($(1)_SLURM_DIR))$$(file >$$($(1)_SLURM_DIR)/plan,$$(call slurm_plan,$(1),$(2)))$$(file >$$($(1)_SLURM_DIR)/vars,$$(slurm_vars))
+	@: $$(shell mkdir -p $$($(1)_SLURM_DIR))$$(file >$$($(1)_SLURM_DIR)/$(2).plan,$$(call slurm_plan,$(1),$(2)))$$(file >$$($(1)_SLURM_DIR)/$(2).vars,$$(slurm_vars))
 
 $(1)-slurm-submit: slurm-check build $(1)-check-config $(1)-slurm-plan
-	@$(SLURM_SCRIPTS)/submit $$($(1)_SLURM_DIR)/plan
+	@$(SLURM_SCRIPTS)/submit $$($(1)_SLURM_DIR)/$(2).plan
 
 $(2)-status: $(1)-slurm-plan
-	@$(SLURM_SCRIPTS)/status $$($(1)_SLURM_DIR)/plan
+	@$(SLURM_SCRIPTS)/status $$($(1)_SLURM_DIR)/$(2).plan
 endef
 
+SLURM_NAME_DEMO := demo
+SLURM_NAME_MNIST := paper-mnist
+SLURM_NAME_CIFAR := paper-cifar
+SLURM_NAME_SEEDMNIST := seeds-mnist
 $(eval $(call SLURM_GRID,DEMO,demo))
 $(eval $(call SLURM_GRID,MNIST,paper-mnist))
 $(eval $(call SLURM_GRID,CIFAR,paper-cifar))
@@ -100,14 +104,14 @@ args report $(SLURM_REPORT_ARGS)
 endef
 .PHONY: paper-slurm-plan paper-slurm-submit paper-status
 paper-slurm-plan: $(foreach t,$(PAPER_TRACKS),$(t)-slurm-plan)
-	@: $(shell mkdir -p $(PAPER_SLURM_DIR))$(file >$(PAPER_SLURM_DIR)/plan,$(slurm_paper_plan))$(file >$(PAPER_SLURM_DIR)/vars,$(slurm_vars))
+	@: $(shell mkdir -p $(PAPER_SLURM_DIR))$(file >$(PAPER_SLURM_DIR)/paper.plan,$(slurm_paper_plan))$(file >$(PAPER_SLURM_DIR)/paper.vars,$(slurm_vars))
 
 paper-slurm-submit: slurm-check build $(foreach t,$(PAPER_TRACKS),$(t)-check-config) paper-slurm-plan
 	@$(if $(PAPER_CIFAR_DATA),,echo "paper: no CIFAR-10 in $(CIFAR_DATA_DIR)/cifar10: the CIFAR-10 track is left out and the report pools MNIST alone")
-	@$(SLURM_SCRIPTS)/submit $(foreach t,$(PAPER_TRACKS),$($(t)_SLURM_DIR)/plan) --pooled $(PAPER_SLURM_DIR)/plan
+	@$(SLURM_SCRIPTS)/submit $(foreach t,$(PAPER_TRACKS),$($(t)_SLURM_DIR)/$(SLURM_NAME_$(t)).plan) --pooled $(PAPER_SLURM_DIR)/paper.plan
 
 paper-status: paper-slurm-plan
-	@$(SLURM_SCRIPTS)/status $(foreach t,$(PAPER_TRACKS),$($(t)_SLURM_DIR)/plan) --pooled $(PAPER_SLURM_DIR)/plan
+	@$(SLURM_SCRIPTS)/status $(foreach t,$(PAPER_TRACKS),$($(t)_SLURM_DIR)/$(SLURM_NAME_$(t)).plan) --pooled $(PAPER_SLURM_DIR)/paper.plan
 
 .PHONY: slurm-check
 slurm-check:

@@ -161,6 +161,7 @@ fn pipe_equals_files_and_trajectories_carry_provenance() {
             Stdio {
                 stdin: Box::new(std::io::empty()),
                 stdout: Box::new(writer),
+                stdout_is_terminal: false,
             },
         )
         .unwrap();
@@ -174,6 +175,7 @@ fn pipe_equals_files_and_trajectories_carry_provenance() {
         Stdio {
             stdin: Box::new(reader),
             stdout: Box::new(std::io::sink()),
+            stdout_is_terminal: false,
         },
     )
     .unwrap();

@@ -46,7 +46,7 @@ load_plan() {
 # True when Slurm's client commands are here and the controller answers.
 slurm_reachable() {
   command -v sbatch >/dev/null && command -v squeue >/dev/null || return 1
-  squeue -h -u "$(id -un)" -o %i >/dev/null 2>&1
+  timeout 30 squeue -h -u "$(id -un)" -o %i >/dev/null 2>&1
 }
 
 # ACTIVE[jobid]=STATE for this user's queued and running jobs (array tasks one by one), with

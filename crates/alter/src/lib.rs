@@ -454,6 +454,7 @@ fn load_images(args: &Args) -> Result<ImageSet> {
 pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     let args = Args::try_parse_from(&argv)?;
     rmqm_cli::init_threads(args.threads);
+    rmqm_cli::check_binary_output(&args.output, &stdio)?;
     let summary = Summary::start("alter");
     let set = load_images(&args)?;
     let walk = Walk::from_args(&args, &set)?;

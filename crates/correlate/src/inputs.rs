@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use rmqm_artifacts::{Input, Table, read_table};
-use rmqm_correlate::{ProbeRow, StatsRow};
+use rmqm_correlate::{METRICS, ModelKey, ProbeRow, StatsRow, seed_of_model_id};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -44,25 +44,16 @@ fn floats(t: &Table, name: &str, path: &Path) -> Result<Vec<f64>> {
         .with_context(|| format!("{}: column {name:?} is not numeric", path.display()))
 }
 
-/// The metrics a stats row carries into the correlations (the peer metrics when present).
-pub const METRICS: [&str; 7] = [
-    "RMQM",
-    "D",
-    "inv_D_RC",
-    "inv_P_RC",
-    "RMQM_weighted",
-    "rankme",
-    "alpha_req",
-];
-
-/// Stats rows (label "all") of every file; a model twice under the same alteration and convention is an error.
+/// Stats rows (label "all") of every file. Two files that claim the same (train dataset, model,
+/// alteration, convention) are an error naming both.
 pub fn read_stats(paths: &[PathBuf]) -> Result<Vec<StatsRow>> {
     let mut rows = Vec::new();
-    let mut seen: BTreeMap<(String, String, String), PathBuf> = BTreeMap::new();
+    let mut seen: BTreeMap<(ModelKey, String, String), PathBuf> = BTreeMap::new();
     for path in paths {
         let (t, _) = read_table(&Input::Path(path.clone()))?;
         let n = t.rows();
         let model = strings(&t, "model", path)?;
+        let train_dataset = optional_strings(&t, "train_dataset", n);
         let method = strings(&t, "method", path)?;
         let dim = floats(&t, "dim", path)?;
         let optimizer = strings(&t, "optimizer", path)?;
@@ -70,46 +61,47 @@ pub fn read_stats(paths: &[PathBuf]) -> Result<Vec<StatsRow>> {
         let alteration = strings(&t, "alteration", path)?;
         let convention = strings(&t, "convention", path)?;
         let label = strings(&t, "label", path)?;
+        let n_images = t.f64s("n_images").unwrap_or_else(|| vec![f64::NAN; n]);
+        let n_steps = t.f64s("n_steps").unwrap_or_else(|| vec![f64::NAN; n]);
+        let seconds = t.f64s("seconds").unwrap_or_else(|| vec![f64::NAN; n]);
         let mut metric_values = BTreeMap::new();
-        for m in METRICS.iter().chain(["D_RC", "P_RC"].iter()) {
+        for m in METRICS.iter().map(|m| m.column).chain(["D_RC", "P_RC"]) {
             match t.f64s(m) {
                 Some(v) => {
                     metric_values.insert(m.to_string(), v);
                 }
-                None if matches!(*m, "rankme" | "alpha_req") => {}
+                // Older summaries lack the peer metrics.
+                None if matches!(m, "rankme" | "alpha_req" | "lidar") => {}
                 None => bail!(
                     "{}: no column {m:?}: not a manifold-stats summary",
                     path.display()
                 ),
             }
         }
-        for i in 0..n {
-            if label[i] != "all" {
-                continue;
-            }
-            let key = (
-                model[i].clone(),
-                alteration[i].clone(),
-                convention[i].clone(),
-            );
-            if let Some(first) = seen.insert(key.clone(), path.clone()) {
+        for i in (0..n).filter(|&i| label[i] == "all") {
+            let key = ModelKey::new(&train_dataset[i], &model[i]);
+            let claim = (key.clone(), alteration[i].clone(), convention[i].clone());
+            if let Some(first) = seen.insert(claim, path.clone()) {
                 bail!(
-                    "model {} appears twice for {}/{} ({} and {})",
-                    key.0,
-                    key.1,
-                    key.2,
+                    "{} and {} both hold the stats of {key} under {}/{}",
                     first.display(),
-                    path.display()
+                    path.display(),
+                    alteration[i],
+                    convention[i]
                 );
             }
             rows.push(StatsRow {
-                model: model[i].clone(),
+                seed: seed_of_model_id(&model[i]),
+                key,
                 method: method[i].clone(),
                 dim: dim[i] as i64,
                 optimizer: optimizer[i].clone(),
                 epochs: epochs[i] as i64,
                 alteration: alteration[i].clone(),
                 convention: convention[i].clone(),
+                n_images: n_images[i],
+                n_steps: n_steps[i],
+                seconds: seconds[i],
                 metrics: metric_values
                     .iter()
                     .map(|(k, v)| (k.clone(), v[i]))
@@ -120,25 +112,47 @@ pub fn read_stats(paths: &[PathBuf]) -> Result<Vec<StatsRow>> {
     Ok(rows)
 }
 
-/// Probe rows of every file; tasks named `knn-<k>` (plus `-euclidean` for raw distances) or `linear`.
+/// A text column, or "unknown" in every row when the file has none.
+fn optional_strings(t: &Table, name: &str, n: usize) -> Vec<String> {
+    t.strings(name)
+        .unwrap_or_else(|| vec!["unknown".to_string(); n])
+}
+
+/// Probe rows of every file; tasks named `knn-<k>` (plus `-<metric>` for other than cosine) or
+/// `linear`. Two rows for the same (train dataset, model, downstream, task) are an error naming
+/// their files.
 pub fn read_probes(paths: &[PathBuf]) -> Result<Vec<ProbeRow>> {
     let mut rows = Vec::new();
+    let mut seen: BTreeMap<(ModelKey, String, String), PathBuf> = BTreeMap::new();
     for path in paths {
         let (t, _) = read_table(&Input::Path(path.clone()))?;
+        let n = t.rows();
         let model = strings(&t, "model", path)?;
+        let train_dataset = optional_strings(&t, "train_dataset", n);
         let downstream = strings(&t, "downstream", path)?;
         let task = strings(&t, "task", path)?;
         let k = floats(&t, "k", path)?;
         let metric = strings(&t, "metric", path)?;
         let accuracy = floats(&t, "accuracy", path)?;
-        for i in 0..t.rows() {
+        for i in 0..n {
             let name = match task[i].as_str() {
                 "knn" if metric[i] == "cosine" => format!("knn-{}", k[i] as i64),
                 "knn" => format!("knn-{}-{}", k[i] as i64, metric[i]),
                 other => other.to_string(),
             };
+            let key = ModelKey::new(&train_dataset[i], &model[i]);
+            let claim = (key.clone(), downstream[i].clone(), name.clone());
+            if let Some(first) = seen.insert(claim, path.clone()) {
+                bail!(
+                    "{} and {} both hold {key}'s {} result on {}",
+                    first.display(),
+                    path.display(),
+                    name,
+                    downstream[i]
+                );
+            }
             rows.push(ProbeRow {
-                model: model[i].clone(),
+                key,
                 downstream: downstream[i].clone(),
                 task: name,
                 accuracy: accuracy[i],
@@ -151,6 +165,8 @@ pub fn read_probes(paths: &[PathBuf]) -> Result<Vec<ProbeRow>> {
 /// One model's curves under one alteration.
 #[derive(Debug, Clone)]
 pub struct Curve {
+    /// The track (train dataset).
+    pub train_dataset: String,
     /// Method.
     pub method: String,
     /// Epochs (0 = random init).
@@ -178,6 +194,7 @@ pub fn read_curves(paths: &[PathBuf]) -> Result<Vec<Curve>> {
         let alteration = strings(&t, "alteration", path)?;
         let dim = floats(&t, "dim", path)?;
         let epochs = t.f64s("epochs").unwrap_or_else(|| vec![-1.0; t.rows()]);
+        let train_dataset = optional_strings(&t, "train_dataset", t.rows());
         let mut values = BTreeMap::new();
         for c in [
             "d0_mean", "d0_se", "dp_mean", "dp_se", "rc0_mean", "rc0_se", "rcp_mean", "rcp_se",
@@ -185,6 +202,7 @@ pub fn read_curves(paths: &[PathBuf]) -> Result<Vec<Curve>> {
             values.insert(c.to_string(), floats(&t, c, path)?);
         }
         out.push(Curve {
+            train_dataset: train_dataset[0].clone(),
             method: method[0].clone(),
             epochs: epochs[0] as i64,
             dim: dim[0] as i64,

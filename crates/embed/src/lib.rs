@@ -87,6 +87,7 @@ fn model_provenance(prov: &mut Provenance, model: &Encoder) {
 pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     let args = Args::try_parse_from(&argv)?;
     rmqm_cli::init_threads(args.threads);
+    rmqm_cli::check_binary_output(&args.output, &stdio)?;
     let summary = Summary::start("embed");
     let model = Encoder::load(&args.model, DType::F32, &rmqm_models::device(), false)
         .map_err(anyhow::Error::msg)?;

@@ -5,10 +5,10 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rayon::prelude::*;
 use rmqm_artifacts::{
-    ArtifactWriter, Column, Input, Output, Provenance, Table, VectorBatch, VectorKind,
+    ArtifactWriter, Column, Input, KeyNeeds, Output, Provenance, Table, VectorBatch, VectorKind,
     VectorReader, keys, write_table,
 };
-use rmqm_cli::{Stdio, Summary, base_provenance};
+use rmqm_cli::{ModelIdentity, Stdio, Summary, base_provenance};
 use rmqm_manifold::{
     AlphaReq, CURVE_NAMES, Convention, ConventionSummary, CurveAccumulator, ImageTerms,
     ImageTrajectory, Lidar, LidarAccumulator, LidarConfig, SpectrumAccumulator, StatsAccumulator,
@@ -83,6 +83,9 @@ pub struct Args {
     /// LiDAR: eps, added to every eigenvalue before the entropy.
     #[arg(long, default_value_t = 1e-8)]
     pub lidar_eps: f64,
+    /// Who the trajectories belong to, for files without rmqm metadata.
+    #[command(flatten)]
+    pub identity: ModelIdentity,
     /// Worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -139,23 +142,36 @@ pub fn run_with(argv: Vec<String>, stdio: Stdio) -> Result<()> {
 /// Images processed together on the worker threads.
 const CHUNK_IMAGES: usize = 512;
 
-/// Runs the tool and returns what it measured.
-pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
-    let args = Args::try_parse_from(&argv)?;
-    rmqm_cli::init_threads(args.threads);
-    let summary_line = Summary::start("manifold-stats");
+/// The input, opened and checked.
+struct OpenInput {
+    reader: VectorReader,
+    path: std::path::PathBuf,
+    dim: usize,
+    /// The input's provenance with the --model-id / --train-dataset / --method flags applied.
+    provenance: Provenance,
+    steps: Option<usize>,
+    lidar: Option<LidarConfig>,
+}
+
+fn open_input(args: &Args, stdio: &mut Stdio) -> Result<OpenInput> {
     let stdin = stdio.take_stdin();
-    let mut reader = VectorReader::open_with_stdin(
+    let needs = KeyNeeds {
+        label: false,
+        step: true,
+    };
+    let reader = VectorReader::open_with(
         &args.input,
         VectorKind::Embedding,
         args.batch_rows,
+        needs,
         move || stdin,
     )?;
     let path = reader.path().clone();
     let dim = reader.width();
-    let input_prov = reader.provenance().clone();
-    let steps_meta = input_prov.get(keys::STEPS).and_then(|s| s.parse().ok());
-    if let Some(meta_dim) = input_prov
+    let provenance = args
+        .identity
+        .apply(reader.provenance().clone(), &args.input);
+    if let Some(meta_dim) = provenance
         .get(keys::DIM)
         .and_then(|d| d.parse::<usize>().ok())
     {
@@ -166,83 +182,67 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
             );
         }
     }
-    let lidar_config = lidar_config(&args, &input_prov, &path)?;
+    Ok(OpenInput {
+        steps: provenance.get(keys::STEPS).and_then(|s| s.parse().ok()),
+        lidar: lidar_config(args, &provenance, &path)?,
+        reader,
+        path,
+        dim,
+        provenance,
+    })
+}
+
+/// Everything the stream was measured into.
+struct Measured {
+    total: StatsAccumulator,
+    by_label: BTreeMap<i32, StatsAccumulator>,
+    curves: CurveAccumulator,
+    spectrum: SpectrumAccumulator,
+    lidar: Option<LidarAccumulator>,
+    first_epsilons: Vec<f32>,
+}
+
+/// Streams the input image by image (decoding on its own thread while the others measure) into
+/// the accumulators; each chunk's per-image terms go to `per_image` when given.
+fn measure(
+    input: OpenInput,
+    args: &Args,
+    per_image: &mut Option<ArtifactWriter>,
+) -> Result<Measured> {
+    let OpenInput {
+        mut reader,
+        path,
+        dim,
+        steps,
+        lidar,
+        ..
+    } = input;
     let bar = rmqm_cli::progress(
         reader.total_rows().map(|r| r as u64),
         "manifold-stats",
         "rows",
     );
-
-    let mut out_prov = base_provenance("manifold-stats", &argv);
-    out_prov.inherit(&input_prov.clone().with(keys::KIND, "stats"));
-    out_prov.set(keys::KIND, "stats");
-    let mut per_image_writer = match &args.per_image {
-        Some(o) => Some(ArtifactWriter::create(
-            o,
-            &per_image_table(&[]).to_record_batch().schema(),
-            &out_prov.clone().with(keys::KIND, "per-image"),
-        )?),
-        None => None,
-    };
-
-    // Decode on one thread while the others measure.
     let (tx, rx) = mpsc::sync_channel::<Result<VectorBatch, rmqm_artifacts::ArtifactError>>(4);
     let decoder = std::thread::spawn(move || {
         loop {
-            match reader.next_batch() {
-                Ok(Some(b)) => {
-                    if tx.send(Ok(b)).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
+            let next = reader.next_batch().transpose();
+            let Some(batch) = next else { return };
+            let failed = batch.is_err();
+            if tx.send(batch).is_err() || failed {
+                return;
             }
         }
     });
-
-    let mut grouper = TrajectoryGrouper::new(dim, steps_meta);
-    let mut total = StatsAccumulator::new();
-    let mut by_label: BTreeMap<i32, StatsAccumulator> = BTreeMap::new();
-    let mut curves = CurveAccumulator::new();
-    let mut spectrum = SpectrumAccumulator::new(dim);
-    let mut lidar = lidar_config.map(|c| LidarAccumulator::new(dim, c));
-    let mut first_epsilons: Option<Vec<f32>> = None;
-    let mut pending: Vec<ImageTrajectory> = Vec::new();
-    let mut process = |images: &mut Vec<ImageTrajectory>,
-                       writer: &mut Option<ArtifactWriter>|
-     -> Result<()> {
-        if images.is_empty() {
-            return Ok(());
-        }
-        if first_epsilons.is_none() {
-            first_epsilons = Some(images[0].epsilons.clone());
-        }
-        let terms: Vec<ImageTerms> = images
-            .par_iter()
-            .map(|img| image_terms(img.image_id, img.label, &img.rows, dim))
-            .collect();
-        for (img, t) in images.iter().zip(&terms) {
-            spectrum.add(&img.rows[..dim]);
-            if let Some(l) = lidar.as_mut().filter(|l| l.wants_more()) {
-                l.add_image(&img.rows[dim..])
-                    .with_context(|| format!("{}: image_id {}", path.display(), img.image_id))?;
-            }
-            total.add(t);
-            curves.add(t);
-            if args.by_label {
-                by_label.entry(t.label).or_default().add(t);
-            }
-        }
-        if let Some(w) = writer.as_mut() {
-            w.write(&per_image_table(&terms).to_record_batch())?;
-        }
-        images.clear();
-        Ok(())
+    let mut m = Measured {
+        total: StatsAccumulator::new(),
+        by_label: BTreeMap::new(),
+        curves: CurveAccumulator::new(),
+        spectrum: SpectrumAccumulator::new(dim),
+        lidar: lidar.map(|c| LidarAccumulator::new(dim, c)),
+        first_epsilons: Vec::new(),
     };
+    let mut grouper = TrajectoryGrouper::new(dim, steps);
+    let mut pending: Vec<ImageTrajectory> = Vec::new();
     for batch in rx {
         let batch = batch?;
         bar.inc(batch.len() as u64);
@@ -250,7 +250,7 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
             .push(&batch, &mut pending)
             .with_context(|| format!("{}", path.display()))?;
         if pending.len() >= CHUNK_IMAGES {
-            process(&mut pending, &mut per_image_writer)?;
+            m.add_chunk(&mut pending, dim, args.by_label, per_image, &path)?;
         }
     }
     decoder
@@ -262,32 +262,96 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
     {
         pending.push(last);
     }
-    process(&mut pending, &mut per_image_writer)?;
+    m.add_chunk(&mut pending, dim, args.by_label, per_image, &path)?;
     bar.finish_and_clear();
-    if total.n_images() == 0 {
+    if m.total.n_images() == 0 {
         bail!("{}: no rows: nothing to measure", path.display());
     }
+    Ok(m)
+}
 
-    let conventions: &[Convention] = match args.convention {
-        ConventionChoice::Paper => &[Convention::Paper],
-        ConventionChoice::Reference => &[Convention::Reference],
-        ConventionChoice::Both => &[Convention::Paper, Convention::Reference],
+impl Measured {
+    /// Measures a chunk of whole images (terms in parallel) and empties it.
+    fn add_chunk(
+        &mut self,
+        images: &mut Vec<ImageTrajectory>,
+        dim: usize,
+        by_label: bool,
+        per_image: &mut Option<ArtifactWriter>,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        if images.is_empty() {
+            return Ok(());
+        }
+        if self.first_epsilons.is_empty() {
+            self.first_epsilons = images[0].epsilons.clone();
+        }
+        let terms: Vec<ImageTerms> = images
+            .par_iter()
+            .map(|img| image_terms(img.image_id, img.label, &img.rows, dim))
+            .collect();
+        for (img, t) in images.iter().zip(&terms) {
+            self.spectrum.add(&img.rows[..dim]);
+            if let Some(l) = self.lidar.as_mut().filter(|l| l.wants_more()) {
+                l.add_image(&img.rows[dim..])
+                    .with_context(|| format!("{}: image_id {}", path.display(), img.image_id))?;
+            }
+            self.total.add(t);
+            self.curves.add(t);
+            if by_label {
+                self.by_label.entry(t.label).or_default().add(t);
+            }
+        }
+        if let Some(w) = per_image.as_mut() {
+            w.write(&per_image_table(&terms).to_record_batch())?;
+        }
+        images.clear();
+        Ok(())
+    }
+}
+
+/// Runs the tool and returns what it measured.
+pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
+    let args = Args::try_parse_from(&argv)?;
+    rmqm_cli::init_threads(args.threads);
+    for out in [
+        Some(&args.output),
+        args.curves.as_ref(),
+        args.per_image.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        rmqm_cli::check_binary_output(out, &stdio)?;
+    }
+    let summary_line = Summary::start("manifold-stats");
+    let input = open_input(&args, &mut stdio)?;
+    let input_prov = input.provenance.clone();
+    let path = input.path.clone();
+    let dim = input.dim;
+    let mut out_prov = base_provenance("manifold-stats", &argv);
+    out_prov.inherit(&input_prov.clone().with(keys::KIND, "stats"));
+    out_prov.set(keys::KIND, "stats");
+    let mut per_image_writer = match &args.per_image {
+        Some(o) => Some(ArtifactWriter::create(
+            o,
+            &per_image_table(&[]).to_record_batch().schema(),
+            &out_prov.clone().with(keys::KIND, "per-image"),
+        )?),
+        None => None,
     };
+    let mut measured = measure(input, &args, &mut per_image_writer)?;
     let peers = PeerMetrics {
-        rankme: spectrum.rankme(),
-        alpha_req: spectrum.alpha_req(),
-        lidar: lidar
+        rankme: measured.spectrum.rankme(),
+        alpha_req: measured.spectrum.alpha_req(),
+        lidar: measured
+            .lidar
+            .take()
             .map(|l| l.finish())
             .transpose()
             .with_context(|| format!("{}: LiDAR", path.display()))?,
     };
-    let mut rows: Vec<(String, ConventionSummary)> = Vec::new();
-    for &c in conventions {
-        rows.push(("all".into(), total.summary(c, &args.weights)));
-        for (label, acc) in &by_label {
-            rows.push((label.to_string(), acc.summary(c, &args.weights)));
-        }
-    }
+    let rows = summary_rows(&args, &measured);
     let seconds = summary_line.elapsed().as_secs_f64();
     let table = summary_table(
         &rows,
@@ -302,10 +366,9 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
         w.finish()?;
     }
     if let Some(out) = &args.curves {
-        let eps = first_epsilons.unwrap_or_default();
         write_table(
             out,
-            &curves_table(&curves, &eps, &input_prov, dim),
+            &curves_table(&measured.curves, &measured.first_epsilons, &input_prov, dim),
             &out_prov.clone().with(keys::KIND, "curves"),
         )?;
     }
@@ -313,7 +376,7 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
     let head = &rows[0].1;
     summary_line.finish(&format!(
         "{} images x {} steps, dim {dim}: D {:.4}, D_RC {:.4}, P_RC {:.4}, RMQM {:.4} ({}){}, wrote {}",
-        rmqm_cli::thousands(total.n_images()),
+        rmqm_cli::thousands(measured.total.n_images()),
         head.n_steps,
         head.d,
         head.d_rc,
@@ -328,8 +391,25 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
     ));
     Ok(Outcome {
         summaries: rows.into_iter().map(|(_, s)| s).collect(),
-        n_images: total.n_images(),
+        n_images: measured.total.n_images(),
     })
+}
+
+/// One summary row per convention (label "all"), and per label with --by-label.
+fn summary_rows(args: &Args, m: &Measured) -> Vec<(String, ConventionSummary)> {
+    let conventions: &[Convention] = match args.convention {
+        ConventionChoice::Paper => &[Convention::Paper],
+        ConventionChoice::Reference => &[Convention::Reference],
+        ConventionChoice::Both => &[Convention::Paper, Convention::Reference],
+    };
+    let mut rows = Vec::new();
+    for &c in conventions {
+        rows.push(("all".into(), m.total.summary(c, &args.weights)));
+        for (label, acc) in &m.by_label {
+            rows.push((label.to_string(), acc.summary(c, &args.weights)));
+        }
+    }
+    rows
 }
 
 /// The provenance columns every stats table starts with, from the input's metadata.

@@ -1,12 +1,12 @@
-//! Vector artifacts: embeddings, trajectories and altered-image streams. Key columns
-//! `image_id, label, step, epsilon`, then a `FixedSizeList<Float32, width>` of values.
+//! Vector artifacts: embeddings, trajectories and altered-image streams. Written strictly (key
+//! columns `image_id, label, step, epsilon`, then a `FixedSizeList<Float32, width>` of values);
+//! read liberally (see [`crate::columns`]).
 
-use crate::{ArtifactError, ArtifactReader, ArtifactWriter, Input, Output, Provenance, keys};
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Int32Type, UInt16Type, UInt32Type};
+use crate::{
+    ArtifactError, ArtifactReader, ArtifactWriter, Input, Output, Provenance, columns, keys,
+};
 use arrow_array::{
-    Array, ArrayRef, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, UInt16Array,
-    UInt32Array,
+    ArrayRef, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, UInt16Array, UInt32Array,
 };
 use arrow_buffer::ScalarBuffer;
 use arrow_schema::{DataType, Field, Schema};
@@ -114,6 +114,20 @@ impl VectorBatch {
             }
         }
         b.finish()
+    }
+}
+
+/// Rewrites "row N" in a converter's message to "row N + first" (file-wide numbering).
+fn shift_row_numbers(message: &str, first: usize) -> String {
+    match message.split_once("row ") {
+        Some((head, rest)) => {
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            match digits.parse::<usize>() {
+                Ok(n) => format!("{head}row {}{}", n + first, &rest[digits.len()..]),
+                Err(_) => message.to_string(),
+            }
+        }
+        None => message.to_string(),
     }
 }
 
@@ -227,17 +241,56 @@ impl VectorWriter {
     }
 }
 
-/// Reads a vector artifact, checking its schema, nulls and finiteness; lazily, batch by batch.
+/// Which key columns a reader needs; absent optional ones are filled in. `image_id` and the
+/// vector column are always needed; `epsilon` never (absent: NaN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyNeeds {
+    /// `label` required (absent: -1 in every row).
+    pub label: bool,
+    /// `step` required (absent: 0 in every row, as plain embeddings are).
+    pub step: bool,
+}
+
+impl KeyNeeds {
+    /// Every key column but epsilon.
+    pub const ALL: KeyNeeds = KeyNeeds {
+        label: true,
+        step: true,
+    };
+}
+
+/// Where the columns a reader uses are in the file's schema.
+#[derive(Debug, Clone, PartialEq)]
+struct ColumnIndex {
+    image_id: usize,
+    label: Option<usize>,
+    step: Option<usize>,
+    epsilon: Option<usize>,
+    vector: usize,
+}
+
+/// Reads a vector artifact lazily, batch by batch, checking its schema, nulls and finiteness.
+/// Liberal in what it takes (see [`crate::columns`]): columns by name in any order, keys of any
+/// integer type, vectors as FixedSizeList, List or LargeList of Float16/32/64.
 pub struct VectorReader {
     inner: ArtifactReader,
     kind: VectorKind,
     width: usize,
+    columns: ColumnIndex,
+    /// A batch read ahead to learn the width of a List column.
+    pending: Option<RecordBatch>,
+    /// Rows returned so far (for the row numbers in errors).
+    rows_read: usize,
 }
 
 impl VectorReader {
-    /// Opens `input` and checks that it is a vector artifact of `kind`.
+    /// Opens `input` and checks that it is a vector artifact of `kind` with every key column.
     pub fn open(input: &Input, kind: VectorKind, batch_rows: usize) -> Result<Self, ArtifactError> {
-        Self::from_reader(ArtifactReader::open(input, batch_rows)?, kind)
+        Self::from_reader(
+            ArtifactReader::open(input, batch_rows)?,
+            kind,
+            KeyNeeds::ALL,
+        )
     }
 
     /// Like [`VectorReader::open`], with the stream that `-` means given by `stdin`.
@@ -247,68 +300,108 @@ impl VectorReader {
         batch_rows: usize,
         stdin: impl FnOnce() -> Box<dyn Read + Send>,
     ) -> Result<Self, ArtifactError> {
+        Self::open_with(input, kind, batch_rows, KeyNeeds::ALL, stdin)
+    }
+
+    /// Like [`VectorReader::open_with_stdin`], needing only the key columns `needs` names.
+    pub fn open_with(
+        input: &Input,
+        kind: VectorKind,
+        batch_rows: usize,
+        needs: KeyNeeds,
+        stdin: impl FnOnce() -> Box<dyn Read + Send>,
+    ) -> Result<Self, ArtifactError> {
         Self::from_reader(
             ArtifactReader::open_with_stdin(input, batch_rows, stdin)?,
             kind,
+            needs,
         )
     }
 
     /// Wraps an open artifact after checking its schema.
-    pub fn from_reader(inner: ArtifactReader, kind: VectorKind) -> Result<Self, ArtifactError> {
+    pub fn from_reader(
+        mut inner: ArtifactReader,
+        kind: VectorKind,
+        needs: KeyNeeds,
+    ) -> Result<Self, ArtifactError> {
         let path = inner.path().clone();
         let schema = inner.schema().clone();
-        let expected = [
-            ("image_id", DataType::UInt32),
-            ("label", DataType::Int32),
-            ("step", DataType::UInt16),
-            ("epsilon", DataType::Float32),
-        ];
-        let fields = schema.fields();
-        let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
         let schema_err = |reason: String| ArtifactError::Schema {
             path: path.clone(),
             reason,
         };
-        if fields.len() < 5 {
-            return Err(schema_err(format!(
-                "expected columns image_id, label, step, epsilon, {}; found {}",
-                kind.column(),
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let wanted = format!(
+            "image_id{}{}, {} (epsilon optional)",
+            if needs.label { ", label" } else { "" },
+            if needs.step { ", step" } else { "" },
+            kind.column()
+        );
+        let missing = |name: &str| {
+            schema_err(format!(
+                "no column {name}: expected columns {wanted}; found {}",
                 names.join(", ")
-            )));
-        }
-        for (i, (name, dt)) in expected.iter().enumerate() {
-            let f = &fields[i];
-            if f.name() != name || f.data_type() != dt {
+            ))
+        };
+        let key = |name: &str, required: bool| -> Result<Option<usize>, ArtifactError> {
+            match columns::find(&schema, name) {
+                Some(i) if columns::is_integer(schema.field(i).data_type()) => Ok(Some(i)),
+                Some(i) => Err(schema_err(format!(
+                    "column {name} must be an integer column, found {}",
+                    schema.field(i).data_type()
+                ))),
+                None if required => Err(missing(name)),
+                None => Ok(None),
+            }
+        };
+        let image_id = key("image_id", true)?.expect("required");
+        let label = key("label", needs.label)?;
+        let step = key("step", needs.step)?;
+        let epsilon = match columns::find(&schema, "epsilon") {
+            Some(i) if columns::is_float(schema.field(i).data_type()) => Some(i),
+            Some(i) => {
                 return Err(schema_err(format!(
-                    "column {i} must be {name}: {dt}, found {}: {}",
-                    f.name(),
-                    f.data_type()
+                    "column epsilon must be a float column, found {}",
+                    schema.field(i).data_type()
                 )));
             }
-        }
-        let vector = &fields[4];
-        if vector.name() != kind.column() {
+            None => None,
+        };
+        let Some(vector) = columns::find(&schema, kind.column()) else {
             return Err(schema_err(format!(
-                "column 4 must be {} (this tool reads {} files), found {}",
+                "no column {} (this tool reads {} files): expected columns {wanted}; found {}",
                 kind.column(),
                 match kind {
                     VectorKind::Embedding => "embeddings/trajectories",
                     VectorKind::Pixels => "altered-image",
                 },
-                vector.name()
+                names.join(", ")
             )));
-        }
-        let width = match vector.data_type() {
-            DataType::FixedSizeList(item, w)
-                if item.data_type() == &DataType::Float32 && *w > 0 =>
-            {
-                *w as usize
-            }
-            other => {
-                return Err(schema_err(format!(
-                    "column {} must be FixedSizeList<Float32, n>, found {other}",
-                    kind.column()
-                )));
+        };
+        let encoding = columns::VectorEncoding::of(schema.field(vector).data_type())
+            .map_err(|e| schema_err(format!("column {} {e}", kind.column())))?;
+        let (width, pending) = match encoding {
+            columns::VectorEncoding::Fixed { width, .. } => (width, None),
+            _ => {
+                // A List column's width is the first row's length: read ahead to it.
+                let mut first = None;
+                while let Some(b) = inner.next_batch()? {
+                    if b.num_rows() > 0 {
+                        first = Some(b);
+                        break;
+                    }
+                }
+                let width = first
+                    .as_ref()
+                    .and_then(|b| columns::first_row_length(b.column(vector).as_ref()))
+                    .unwrap_or(0);
+                if first.is_some() && width == 0 {
+                    return Err(ArtifactError::Data {
+                        path,
+                        reason: format!("row 0 of {} is empty", kind.column()),
+                    });
+                }
+                (width.max(1), first)
             }
         };
         if kind == VectorKind::Pixels {
@@ -326,7 +419,20 @@ impl VectorReader {
                 });
             }
         }
-        Ok(VectorReader { inner, kind, width })
+        Ok(VectorReader {
+            inner,
+            kind,
+            width,
+            columns: ColumnIndex {
+                image_id,
+                label,
+                step,
+                epsilon,
+                vector,
+            },
+            pending,
+            rows_read: 0,
+        })
     }
 
     /// Values per row (embedding dim, or C*H*W).
@@ -350,41 +456,52 @@ impl VectorReader {
         self.inner.total_rows()
     }
 
-    /// The next batch, checked: no nulls, every value finite.
+    /// The next batch, checked: no nulls, every row the same length, every value finite.
     pub fn next_batch(&mut self) -> Result<Option<VectorBatch>, ArtifactError> {
-        let Some(rb) = self.inner.next_batch()? else {
-            return Ok(None);
+        let rb = match self.pending.take() {
+            Some(b) => b,
+            None => match self.inner.next_batch()? {
+                Some(b) => b,
+                None => return Ok(None),
+            },
         };
         let path = self.inner.path().clone();
-        for (i, c) in rb.columns().iter().enumerate().take(5) {
-            if c.null_count() > 0 {
-                return Err(ArtifactError::Data {
-                    path,
-                    reason: format!(
-                        "column {} has {} null values",
-                        rb.schema().field(i).name(),
-                        c.null_count()
-                    ),
-                });
+        let first_row = self.rows_read;
+        let n = rb.num_rows();
+        let data_err = |name: &str, e: String| {
+            // Row numbers from the converters are within the batch: make them file-wide.
+            let e = shift_row_numbers(&e, first_row);
+            ArtifactError::Data {
+                path: path.clone(),
+                reason: format!("column {name}: {e}"),
             }
-        }
-        let list = rb.column(4).as_fixed_size_list();
-        let inner_values = list.values().as_primitive::<Float32Type>();
-        if inner_values.null_count() > 0 {
-            return Err(ArtifactError::Data {
-                path,
-                reason: format!("{} has null values", self.kind.column()),
-            });
-        }
-        let start = list.offset() * self.width;
-        let values = inner_values
-            .values()
-            .slice(start, rb.num_rows() * self.width);
+        };
+        let c = &self.columns;
+        let image_ids = columns::integers::<u32>(rb.column(c.image_id).as_ref(), &DataType::UInt32)
+            .map_err(|e| data_err("image_id", e))?;
+        let labels = match c.label {
+            Some(i) => columns::integers::<i32>(rb.column(i).as_ref(), &DataType::Int32)
+                .map_err(|e| data_err("label", e))?,
+            None => ScalarBuffer::from(vec![-1i32; n]),
+        };
+        let steps = match c.step {
+            Some(i) => columns::integers::<u16>(rb.column(i).as_ref(), &DataType::UInt16)
+                .map_err(|e| data_err("step", e))?,
+            None => ScalarBuffer::from(vec![0u16; n]),
+        };
+        let epsilons = match c.epsilon {
+            Some(i) => {
+                columns::floats(rb.column(i).as_ref()).map_err(|e| data_err("epsilon", e))?
+            }
+            None => ScalarBuffer::from(vec![f32::NAN; n]),
+        };
+        let values = columns::vectors(rb.column(c.vector).as_ref(), self.width)
+            .map_err(|e| data_err(self.kind.column(), e))?;
         let batch = VectorBatch {
-            image_ids: rb.column(0).as_primitive::<UInt32Type>().values().clone(),
-            labels: rb.column(1).as_primitive::<Int32Type>().values().clone(),
-            steps: rb.column(2).as_primitive::<UInt16Type>().values().clone(),
-            epsilons: rb.column(3).as_primitive::<Float32Type>().values().clone(),
+            image_ids,
+            labels,
+            steps,
+            epsilons,
             values,
             width: self.width,
         };
@@ -393,14 +510,16 @@ impl VectorReader {
             return Err(ArtifactError::Data {
                 path,
                 reason: format!(
-                    "non-finite {} value {} at image_id {} step {}",
+                    "non-finite {} value {} at image_id {} step {} (row {})",
                     self.kind.column(),
                     batch.values[bad],
                     batch.image_ids[row],
-                    batch.steps[row]
+                    batch.steps[row],
+                    first_row + row
                 ),
             });
         }
+        self.rows_read += n;
         Ok(Some(batch))
     }
 

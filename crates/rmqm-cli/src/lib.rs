@@ -161,8 +161,9 @@ pub fn prepare_process() {
     set_default("RAYON_NUM_THREADS", threads.to_string());
 }
 
-/// Runs a tool's entry point and exits: 0 on success; on error prints `tool: error: ...` with every
-/// cause on stderr and exits 1. Clap's own usage errors exit 2 as usual.
+/// Runs a tool's entry point and exits: 0 on success, and quietly 0 when a downstream pipe closed
+/// early; on any other error prints `tool: error: ...` with every cause on stderr and exits 1.
+/// Clap's own usage errors exit 2 as usual.
 pub fn main_with(tool: &str, run: impl FnOnce(Vec<String>) -> anyhow::Result<()>) -> ! {
     prepare_process();
     let args: Vec<String> = std::env::args().collect();
@@ -171,6 +172,10 @@ pub fn main_with(tool: &str, run: impl FnOnce(Vec<String>) -> anyhow::Result<()>
         Err(e) => {
             if let Some(clap_err) = e.downcast_ref::<clap::Error>() {
                 clap_err.exit();
+            }
+            // `tool | head`: the reader has what it wanted; end quietly, as Unix tools do.
+            if is_broken_pipe(&e) {
+                std::process::exit(0);
             }
             eprintln!("{tool}: error: {e}");
             for cause in e.chain().skip(1) {
@@ -187,15 +192,77 @@ pub struct Stdio {
     pub stdin: Box<dyn std::io::Read + Send>,
     /// What `-` writes.
     pub stdout: Box<dyn std::io::Write + Send>,
+    /// Whether `stdout` is a terminal (binary Arrow is not written to one).
+    pub stdout_is_terminal: bool,
 }
 
 impl Default for Stdio {
     /// The process's own stdin and stdout.
     fn default() -> Self {
+        use std::io::IsTerminal;
         Stdio {
             stdin: Box::new(std::io::stdin()),
             stdout: Box::new(std::io::stdout()),
+            stdout_is_terminal: std::io::stdout().is_terminal(),
         }
+    }
+}
+
+/// Refuses `-o -` when standard output is a terminal: an Arrow IPC stream is binary.
+pub fn check_binary_output(output: &Output, stdio: &Stdio) -> anyhow::Result<()> {
+    if *output == Output::Stdout && stdio.stdout_is_terminal {
+        anyhow::bail!(
+            "refusing to write a binary Arrow stream to the terminal (-o -): pipe it into another tool, redirect it to a file, or give -o FILE.parquet"
+        );
+    }
+    Ok(())
+}
+
+/// Whether an error comes from writing to a pipe whose reader has gone (`tool | head`).
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || cause.to_string().contains("Broken pipe")
+    })
+}
+
+/// Who a result belongs to, for inputs without rmqm metadata (embeddings written by other tools).
+/// Each flag overrides the input's metadata; without either the model id is the input file's name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct ModelIdentity {
+    /// Model id written to the output (default: the input's rmqm.model, else the input file's name).
+    #[arg(long)]
+    pub model_id: Option<String>,
+    /// Dataset the encoder was trained on (default: the input's rmqm.train_dataset, else "unknown").
+    #[arg(long)]
+    pub train_dataset: Option<String>,
+    /// Training method (default: the input's rmqm.method, else "unknown").
+    #[arg(long)]
+    pub method: Option<String>,
+}
+
+impl ModelIdentity {
+    /// `prov` with the identity keys set: flags first, then what `prov` has, then (model id only)
+    /// the name of `input`'s file.
+    pub fn apply(&self, mut prov: Provenance, input: &Input) -> Provenance {
+        if let Some(m) = &self.model_id {
+            prov.set(keys::MODEL, m);
+        } else if prov.get(keys::MODEL).is_none() {
+            if let Input::Path(p) = input {
+                if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
+                    prov.set(keys::MODEL, stem);
+                }
+            }
+        }
+        if let Some(t) = &self.train_dataset {
+            prov.set(keys::TRAIN_DATASET, t);
+        }
+        if let Some(m) = &self.method {
+            prov.set(keys::METHOD, m);
+        }
+        prov
     }
 }
 
@@ -222,5 +289,37 @@ mod tests {
         let p = base_provenance("alter", &["alter".into(), "-o".into(), "x".into()]);
         assert_eq!(p.get(keys::COMMAND), Some("alter -o x"));
         assert_eq!(p.get(keys::TOOL), Some("alter"));
+    }
+
+    #[test]
+    fn identity_flags_override_metadata_and_fall_back_to_the_file_name() {
+        let input = Input::Path("/data/resnet50-traj.parquet".into());
+        let none = ModelIdentity::default();
+        let p = none.apply(Provenance::new(), &input);
+        assert_eq!(p.get(keys::MODEL), Some("resnet50-traj"));
+        let p = none.apply(Provenance::new().with(keys::MODEL, "m1"), &input);
+        assert_eq!(p.get(keys::MODEL), Some("m1"));
+        let flags = ModelIdentity {
+            model_id: Some("r50".into()),
+            train_dataset: Some("imagenet".into()),
+            method: None,
+        };
+        let p = flags.apply(Provenance::new().with(keys::MODEL, "m1"), &Input::Stdin);
+        assert_eq!(p.get(keys::MODEL), Some("r50"));
+        assert_eq!(p.get(keys::TRAIN_DATASET), Some("imagenet"));
+    }
+
+    #[test]
+    fn terminal_output_is_refused_and_broken_pipes_are_recognised() {
+        let mut stdio = Stdio::default();
+        stdio.stdout_is_terminal = true;
+        assert!(check_binary_output(&Output::Stdout, &stdio).is_err());
+        assert!(check_binary_output(&Output::Path("x.parquet".into()), &stdio).is_ok());
+        stdio.stdout_is_terminal = false;
+        assert!(check_binary_output(&Output::Stdout, &stdio).is_ok());
+        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("writing -");
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("no such file")));
     }
 }

@@ -45,11 +45,32 @@ pub const ABLATION_SUBSETS: [(&str, [f64; 3]); 7] = [
 ];
 
 /// Pearson's r of each ablation subset's RMQM with `performance`.
-pub fn ablation(t: &Terms, performance: &[f64]) -> Vec<(&'static str, f64)> {
+pub fn ablation(t: &Terms, performance: &[f64]) -> Vec<AblationTerm> {
     ABLATION_SUBSETS
         .iter()
-        .map(|(name, w)| (*name, pearson(&weighted_rmqm(t, *w), performance)))
+        .map(|(name, w)| AblationTerm {
+            terms: name,
+            pearson: pearson(&weighted_rmqm(t, *w), performance),
+        })
         .collect()
+}
+
+/// Pearson's r of RMQM built from one subset of its terms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AblationTerm {
+    /// The subset, e.g. `D + 1/D_RC`.
+    pub terms: &'static str,
+    /// Pearson's r with performance.
+    pub pearson: f64,
+}
+
+/// Weights of eq. 6 and the correlation they reach.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FittedWeights {
+    /// w1 (D), w2 (1/D_RC), w3 (1/P_RC), each in [0, 1].
+    pub weights: [f64; 3],
+    /// Pearson's r of the weighted RMQM with performance.
+    pub pearson: f64,
 }
 
 /// Minimises `f` over R^3 by Nelder-Mead from `start` (deterministic).
@@ -121,7 +142,7 @@ fn nelder_mead(
 /// runs off to w -> infinity (where ln(1 + w.x) becomes ln(w.x) plus a constant) or to w -> 0
 /// (where it becomes linear in w.x). Bounding each weight by 1, the unweighted RMQM's value, keeps
 /// the fit an answer to the paper's question: how much of each term to keep.
-pub fn fit_weights(t: &Terms, performance: &[f64]) -> ([f64; 3], f64) {
+pub fn fit_weights(t: &Terms, performance: &[f64]) -> FittedWeights {
     let starts: [[f64; 3]; 7] = [
         [0.95, 0.74, 0.11],
         [0.9, 0.9, 0.9],
@@ -135,7 +156,7 @@ pub fn fit_weights(t: &Terms, performance: &[f64]) -> ([f64; 3], f64) {
 }
 
 /// Like [`fit_weights`], from the given starting weights.
-pub fn fit_weights_from(t: &Terms, performance: &[f64], starts: &[[f64; 3]]) -> ([f64; 3], f64) {
+pub fn fit_weights_from(t: &Terms, performance: &[f64], starts: &[[f64; 3]]) -> FittedWeights {
     let weights = |th: [f64; 3]| {
         [
             th[0].sin().powi(2),
@@ -158,7 +179,10 @@ pub fn fit_weights_from(t: &Terms, performance: &[f64], starts: &[[f64; 3]]) -> 
             best = result;
         }
     }
-    (weights(best.0), -best.1)
+    FittedWeights {
+        weights: weights(best.0),
+        pearson: -best.1,
+    }
 }
 
 /// Leave-one-model-out: for each model (every pair of it, `groups[i]` naming each pair's model),
@@ -170,7 +194,7 @@ pub fn leave_one_out_r(t: &Terms, performance: &[f64], groups: &[usize]) -> f64 
     if models.len() < 4 {
         return f64::NAN;
     }
-    let (full, _) = fit_weights(t, performance);
+    let full = fit_weights(t, performance).weights;
     let held: Vec<Vec<(usize, f64)>> = models
         .par_iter()
         .map(|&m| {
@@ -181,7 +205,7 @@ pub fn leave_one_out_r(t: &Terms, performance: &[f64], groups: &[usize]) -> f64 
                 inv_p_rc: keep.iter().map(|&i| t.inv_p_rc[i]).collect(),
             };
             let perf: Vec<f64> = keep.iter().map(|&i| performance[i]).collect();
-            let (w, _) = fit_weights_from(&sub, &perf, &[full]);
+            let w = fit_weights_from(&sub, &perf, &[full]).weights;
             (0..t.len())
                 .filter(|&i| groups[i] == m)
                 .map(|i| {
@@ -216,7 +240,10 @@ mod tests {
         };
         let truth = [0.95, 0.74, 0.11];
         let perf = weighted_rmqm(&t, truth);
-        let (w, r) = fit_weights(&t, &perf);
+        let FittedWeights {
+            weights: w,
+            pearson: r,
+        } = fit_weights(&t, &perf);
         assert!(r > 0.999_999, "{r}");
         for k in 0..3 {
             assert!((w[k] - truth[k]).abs() < 0.02 * truth[k].max(0.1), "{w:?}");
@@ -226,6 +253,6 @@ mod tests {
         assert!(loo > 0.999, "{loo}");
         let ab = ablation(&t, &perf);
         assert_eq!(ab.len(), 7);
-        assert!(ab[6].1 > ab[0].1, "{ab:?}");
+        assert!(ab[6].pearson > ab[0].pearson, "{ab:?}");
     }
 }

@@ -53,6 +53,8 @@ pub struct Line {
     pub band: Vec<(f64, f64, f64)>,
     /// Draw a marker at every point (for short series, where a lone point has no line).
     pub markers: bool,
+    /// Index of its colour in the palette (the same series keeps its colour across panels).
+    pub colour: usize,
 }
 
 /// One group of a scatter chart, with an optional fitted line y = a + b x.
@@ -75,6 +77,8 @@ pub struct ChartText {
     pub x_label: String,
     /// y axis label.
     pub y_label: String,
+    /// Ticks at whole numbers on the x axis (steps).
+    pub integer_x: bool,
 }
 
 fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -93,15 +97,39 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// Font sizes of a chart: full-size figures or the panels of a small-multiples figure.
+#[derive(Debug, Clone, Copy)]
+struct Fonts {
+    title: u32,
+    labels: u32,
+    axis: u32,
+    legend: u32,
+}
+
+const FULL: Fonts = Fonts {
+    title: 22,
+    labels: 14,
+    axis: 16,
+    legend: 14,
+};
+
+const PANEL: Fonts = Fonts {
+    title: 17,
+    labels: 12,
+    axis: 13,
+    legend: 11,
+};
+
 fn draw_lines<DB: DrawingBackend>(
-    root: DrawingArea<DB, Shift>,
+    root: &DrawingArea<DB, Shift>,
     text: &ChartText,
     series: &[Line],
+    fonts: Fonts,
+    legend: bool,
 ) -> Result<(), PlotError>
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (x0, x1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
     let (y0, y1) = range(series.iter().flat_map(|s| {
         s.points
@@ -109,23 +137,29 @@ where
             .map(|p| p.1)
             .chain(s.band.iter().flat_map(|b| [b.1, b.2]))
     }));
-    let mut chart = ChartBuilder::on(&root)
-        .caption(&text.title, ("sans-serif", 22))
+    let mut chart = ChartBuilder::on(root)
+        .caption(&text.title, ("sans-serif", fonts.title))
         .margin(12)
         .x_label_area_size(48)
         .y_label_area_size(64)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc(&text.x_label)
+    // Whole-number ticks: at most one label per unit of the axis, so the nice steps plotters
+    // picks (1, 2, 5, 10, ...) are never fractions.
+    let span = (x1 - x0).floor().max(1.0) as usize;
+    let integer_format = |x: &f64| format!("{x:.0}");
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(&text.x_label)
         .y_desc(&text.y_label)
-        .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 16))
-        .draw()
-        .map_err(|e| e.to_string())?;
-    for (i, s) in series.iter().enumerate() {
-        let c = colour(i);
+        .label_style(("sans-serif", fonts.labels))
+        .axis_desc_style(("sans-serif", fonts.axis));
+    if text.integer_x {
+        mesh.x_labels(span.min(10))
+            .x_label_formatter(&integer_format);
+    }
+    mesh.draw().map_err(|e| e.to_string())?;
+    for s in series {
+        let c = colour(s.colour);
         if !s.band.is_empty() {
             let mut poly: Vec<(f64, f64)> = s
                 .band
@@ -161,15 +195,17 @@ where
             .label(&s.name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
     }
-    chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| e.to_string())?;
-    root.present().map_err(|e| e.to_string())
+    if legend {
+        chart
+            .configure_series_labels()
+            .label_font(("sans-serif", fonts.legend))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 fn draw_scatter<DB: DrawingBackend>(
@@ -235,20 +271,105 @@ where
 /// Size of every figure in pixels.
 const SIZE: (u32, u32) = (900, 600);
 
+fn full_lines<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    text: &ChartText,
+    series: &[Line],
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    draw_lines(&root, text, series, FULL, true)?;
+    root.present().map_err(|e| e.to_string())
+}
+
 /// Writes a line chart as `<stem>.png` and `<stem>.svg`.
 pub fn line_chart(stem: &Path, text: &ChartText, series: &[Line]) -> Result<(), PlotError> {
     fonts();
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
-    draw_lines(
+    full_lines(
         BitMapBackend::new(&png, SIZE).into_drawing_area(),
         text,
         series,
     )?;
-    draw_lines(
+    full_lines(
         SVGBackend::new(&svg, SIZE).into_drawing_area(),
         text,
         series,
+    )
+}
+
+/// One panel of a small-multiples figure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Panel {
+    /// Title above the panel.
+    pub title: String,
+    /// Its lines.
+    pub lines: Vec<Line>,
+}
+
+/// Panels per row of a small-multiples figure.
+const PANEL_COLUMNS: usize = 3;
+/// Size of one panel in pixels.
+const PANEL_SIZE: (u32, u32) = (520, 380);
+
+fn panels<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    text: &ChartText,
+    panels: &[Panel],
+) -> Result<(), PlotError>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root
+        .titled(title, ("sans-serif", FULL.title))
+        .map_err(|e| e.to_string())?;
+    let columns = panels.len().clamp(1, PANEL_COLUMNS);
+    let rows = panels.len().div_ceil(columns).max(1);
+    for (k, (area, panel)) in root
+        .split_evenly((rows, columns))
+        .into_iter()
+        .zip(panels)
+        .enumerate()
+    {
+        let text = ChartText {
+            title: panel.title.clone(),
+            ..text.clone()
+        };
+        draw_lines(&area, &text, &panel.lines, PANEL, k == 0)?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Writes small multiples (one panel per entry of `panels`, three per row, the legend in the
+/// first) as `<stem>.png` and `<stem>.svg`; `text` gives the axes of every panel.
+pub fn panel_chart(
+    stem: &Path,
+    title: &str,
+    text: &ChartText,
+    parts: &[Panel],
+) -> Result<(), PlotError> {
+    fonts();
+    let columns = parts.len().clamp(1, PANEL_COLUMNS) as u32;
+    let rows = parts.len().div_ceil(columns as usize).max(1) as u32;
+    let size = (columns * PANEL_SIZE.0, rows * PANEL_SIZE.1 + 40);
+    let png = stem.with_extension("png");
+    let svg = stem.with_extension("svg");
+    panels(
+        BitMapBackend::new(&png, size).into_drawing_area(),
+        title,
+        text,
+        parts,
+    )?;
+    panels(
+        SVGBackend::new(&svg, size).into_drawing_area(),
+        title,
+        text,
+        parts,
     )
 }
 
@@ -297,6 +418,46 @@ pub fn least_squares(points: &[(f64, f64)]) -> Option<(f64, f64)> {
 mod tests {
     use super::*;
 
+    /// Width and height from a PNG's IHDR chunk.
+    fn image_size(path: &Path) -> (u32, u32) {
+        let b = std::fs::read(path).unwrap();
+        let be = |o: usize| u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        (be(16), be(20))
+    }
+
+    #[test]
+    fn step_axes_have_whole_number_ticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = ChartText {
+            title: "t".into(),
+            x_label: "step".into(),
+            y_label: "y".into(),
+            integer_x: true,
+        };
+        let line = Line {
+            name: "m".into(),
+            points: (0..=6)
+                .map(|j| (j as f64, 100.0 + 17.0 * j as f64))
+                .collect(),
+            band: vec![],
+            markers: false,
+            colour: 0,
+        };
+        let stem = dir.path().join("steps");
+        line_chart(&stem, &text, &[line]).unwrap();
+        let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+        // The texts of the figure; the step axis's tick labels are the numbers below 100 (the
+        // y axis runs 100..200): whole numbers only, none of 0.5, 1.5, ...
+        let labels: Vec<&str> = svg
+            .split("</text>")
+            .filter_map(|chunk| chunk.rsplit('>').next())
+            .map(str::trim)
+            .filter(|t| t.parse::<f64>().is_ok_and(|v| v < 100.0))
+            .collect();
+        assert!(labels.len() >= 3, "{labels:?}");
+        assert!(labels.iter().all(|t| !t.contains('.')), "{labels:?}");
+    }
+
     #[test]
     fn figures_are_valid_non_empty_png_and_svg() {
         let dir = tempfile::tempdir().unwrap();
@@ -304,6 +465,7 @@ mod tests {
             title: "Distance to the original".into(),
             x_label: "step".into(),
             y_label: "d0".into(),
+            integer_x: true,
         };
         let series: Vec<Line> = (0..3)
             .map(|k| Line {
@@ -313,6 +475,7 @@ mod tests {
                     .collect(),
                 band: (0..20).map(|j| (j as f64, -0.1, 0.1)).collect(),
                 markers: k == 0,
+                colour: k,
             })
             .collect();
         let stem = dir.path().join("fig");
@@ -334,6 +497,18 @@ mod tests {
                 .len()
                 > 1000
         );
+        let parts: Vec<Panel> = (0..4)
+            .map(|d| Panel {
+                title: format!("dim {}", 16 << d),
+                lines: series[..2].to_vec(),
+            })
+            .collect();
+        let stem3 = dir.path().join("panels");
+        panel_chart(&stem3, "By dimension", &text, &parts).unwrap();
+        let svg = std::fs::read_to_string(stem3.with_extension("svg")).unwrap();
+        assert!(svg.contains("dim 128") && svg.contains("By dimension"));
+        let png = image_size(&stem3.with_extension("png"));
+        assert_eq!(png, (3 * PANEL_SIZE.0, 2 * PANEL_SIZE.1 + 40));
         let (a, b) = least_squares(&[(0.0, 1.0), (1.0, 3.0)]).unwrap();
         assert!((a - 1.0).abs() < 1e-12 && (b - 2.0).abs() < 1e-12);
     }
