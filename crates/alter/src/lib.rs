@@ -25,6 +25,8 @@ pub enum AlterMethod {
     Pgd,
     /// Q views of each image from the training augmentation (needs no model; LiDAR's input).
     Augment,
+    /// The images themselves (step 0 only): a dataset split as pixels, for encoders outside rmqm.
+    Clean,
 }
 
 /// A named set of PGD settings.
@@ -68,10 +70,11 @@ epsilon is 0 for the clean image and 1 for every view.",
 alter --method pgd --model m.safetensors --dataset mnist --limit 1000 -o pgd.parquet\n  \
 alter --method pgd --preset reference --model m.safetensors --dataset mnist --limit 1000 -o pgd-ref.parquet\n  \
 alter --method augment --views 10 --dataset mnist --limit 1000 -o - | embed --model m.safetensors -o - | manifold-stats - -o lidar.parquet\n  \
-alter --method noise --dataset mnist --limit 1000 -o - | embed --model m.safetensors -o traj.parquet"
+alter --method noise --dataset mnist --limit 1000 -o - | embed --model m.safetensors -o traj.parquet\n  \
+alter --method clean --dataset kmnist --split test -o kmnist-pixels.parquet   # for an encoder outside rmqm"
 )]
 pub struct Args {
-    /// noise, pgd or augment.
+    /// noise, pgd, augment, or clean (the images alone).
     #[arg(long, value_enum)]
     pub method: AlterMethod,
     /// Dataset whose images are altered.
@@ -188,6 +191,8 @@ enum Walk {
     },
     /// Views of the training augmentation.
     Augment(AugmentConfig),
+    /// The clean images only.
+    Clean,
 }
 
 impl Walk {
@@ -199,7 +204,14 @@ impl Walk {
         if args.method != AlterMethod::Pgd && args.preset.is_some() {
             bail!("--preset is for --method pgd");
         }
+        if args.method == AlterMethod::Clean {
+            if args.steps.is_some() {
+                bail!("--method clean writes step 0 only: it takes no --steps");
+            }
+            return Ok(Walk::Clean);
+        }
         let steps = match args.method {
+            AlterMethod::Clean => 0,
             AlterMethod::Noise => args.steps.unwrap_or(100),
             AlterMethod::Pgd => args.steps.unwrap_or(30),
             AlterMethod::Augment => {
@@ -219,6 +231,7 @@ impl Walk {
             bail!("--steps must fit the step column (at most {})", u16::MAX);
         }
         Ok(match args.method {
+            AlterMethod::Clean => Walk::Clean,
             AlterMethod::Noise => Walk::Noise(NoiseConfig {
                 steps,
                 eps_max: args.eps_max,
@@ -285,6 +298,7 @@ impl Walk {
             Walk::Noise(n) => n.steps,
             Walk::Pgd { config, .. } => config.steps,
             Walk::Augment(a) => a.views,
+            Walk::Clean => 0,
         }
     }
 
@@ -294,6 +308,7 @@ impl Walk {
             Walk::Noise(_) => "noise",
             Walk::Pgd { name, .. } => name,
             Walk::Augment(_) => "augment",
+            Walk::Clean => "clean",
         }
     }
 
@@ -308,6 +323,7 @@ impl Walk {
                 prov.set("views", a.views)
                     .set("epsilon", "0 for the clean image, 1 for every view");
             }
+            Walk::Clean => {}
             Walk::Pgd { model, config, .. } => {
                 let mc = model.config();
                 for (k, v) in mc.to_metadata() {
@@ -369,6 +385,17 @@ impl Walk {
                     steps,
                     |j| aug.epsilon(j),
                     |k, j| &images[k][j][..],
+                );
+            }
+            Walk::Clean => {
+                let first = range.start;
+                push_rows(
+                    &mut out,
+                    set,
+                    range,
+                    0,
+                    |_| 0.0,
+                    |k, _| set.image(first + k),
                 );
             }
             Walk::Pgd { model, config, .. } => {
@@ -498,6 +525,7 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
         Walk::Noise(n) => format!("({}, eps_max {})", n.direction, n.eps_max),
         Walk::Pgd { config, .. } => format!("walk ({})", config.walk),
         Walk::Augment(a) => format!("walk ({} views)", a.views),
+        Walk::Clean => "images".into(),
     };
     summary.finish(&format!(
         "{} {what} of {} {} images x {} steps = {} rows ({:.0} images/s); wrote {}",

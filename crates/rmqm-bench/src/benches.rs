@@ -32,6 +32,8 @@ pub const NAMES: &[&str] = &[
     "alter-noise",
     "manifold-stats-decode",
     "manifold-stats",
+    "manifold-stats-zstd",
+    "manifold-stats-list-f64",
     "probe-knn",
     "probe-linear",
 ];
@@ -230,6 +232,91 @@ fn trajectory_file(out: &Path) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// The bench trajectory re-encoded as a Python user would write it: `zstd` keeps our schema with
+/// zstd pages (polars' default codec); `list-f64` has int64 keys and a List<Float64> embedding
+/// column with snappy pages (pyarrow from NumPy rows). Written once and kept in `out`.
+fn foreign_trajectory_file(out: &Path, kind: &str) -> Result<std::path::PathBuf> {
+    use arrow_array::builder::{Float64Builder, ListBuilder};
+    use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+    use parquet::basic::{Compression, ZstdLevel};
+    use std::sync::Arc;
+    let path = out.join(format!("traj-10000x101x512-{kind}.parquet"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let canonical = trajectory_file(out)?;
+    let mut reader = VectorReader::open(&Input::Path(canonical), VectorKind::Embedding, 10_100)?;
+    let codec = if kind == "zstd" {
+        Compression::ZSTD(ZstdLevel::default())
+    } else {
+        Compression::SNAPPY
+    };
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(codec)
+        .build();
+    let tmp = path.with_extension("tmp");
+    let mut writer: Option<parquet::arrow::ArrowWriter<std::fs::File>> = None;
+    while let Some(b) = reader.next_batch()? {
+        let batch = if kind == "zstd" {
+            b.to_record_batch(VectorKind::Embedding)
+        } else {
+            let mut list = ListBuilder::new(Float64Builder::with_capacity(b.values.len()));
+            for i in 0..b.len() {
+                list.values()
+                    .append_slice(&b.row(i).iter().map(|&v| v as f64).collect::<Vec<_>>());
+                list.append(true);
+            }
+            let int64 = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
+            RecordBatch::try_from_iter(vec![
+                (
+                    "image_id",
+                    int64(b.image_ids.iter().map(|&x| x as i64).collect()),
+                ),
+                ("label", int64(b.labels.iter().map(|&x| x as i64).collect())),
+                ("step", int64(b.steps.iter().map(|&x| x as i64).collect())),
+                (
+                    "epsilon",
+                    Arc::new(Float64Array::from_iter_values(
+                        b.epsilons.iter().map(|&e| e as f64),
+                    )) as ArrayRef,
+                ),
+                ("embedding", Arc::new(list.finish()) as ArrayRef),
+            ])?
+        };
+        let w = match writer.as_mut() {
+            Some(w) => w,
+            None => writer.insert(parquet::arrow::ArrowWriter::try_new(
+                std::fs::File::create(&tmp)?,
+                batch.schema(),
+                Some(props.clone()),
+            )?),
+        };
+        w.write(&batch)?;
+    }
+    writer.expect("the bench file has rows").close()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// Seconds manifold-stats takes on `path` (both conventions, summary only).
+fn manifold_stats_seconds(path: &Path, out: &Path) -> Result<f64> {
+    let summary = out.join("bench-stats.parquet");
+    let argv: Vec<String> = [
+        "manifold-stats",
+        path.to_str().unwrap(),
+        "-o",
+        summary.to_str().unwrap(),
+        "--convention",
+        "both",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let t = Instant::now();
+    manifold_stats_tool::run_outcome(argv, rmqm_cli::Stdio::default())?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
 /// Runs benchmark `name`.
 pub fn run(name: &str, out: &Path, repeats: usize) -> Result<Vec<Measure>> {
     let m = |stage: &str, workload: String, value: f64, unit: &str, reference: f64, label: &str| {
@@ -389,6 +476,35 @@ pub fn run(name: &str, out: &Path, repeats: usize) -> Result<Vec<Measure>> {
                     "MB/s",
                 )])
             }
+        }
+        "manifold-stats-zstd" | "manifold-stats-list-f64" => {
+            // The foreign file and the canonical one measured alternately in one run: the value
+            // is the foreign file's speed, the reference the canonical file's.
+            let kind = name.trim_start_matches("manifold-stats-");
+            let foreign = foreign_trajectory_file(out, kind)?;
+            let canonical = trajectory_file(out)?;
+            let rows = 10_000.0 * 101.0;
+            let (mut f, mut c) = (Vec::new(), Vec::new());
+            for _ in 0..repeats.clamp(1, 3) {
+                c.push(manifold_stats_seconds(&canonical, out)?);
+                f.push(manifold_stats_seconds(&foreign, out)?);
+            }
+            Ok(vec![m(
+                "manifold-stats",
+                format!(
+                    "10,000 x 101 x 512 written as {} (cost vs canonical: {:.2}x)",
+                    if kind == "zstd" {
+                        "FixedSizeList<Float32> + zstd"
+                    } else {
+                        "int64 keys + List<Float64> + snappy"
+                    },
+                    median(f.clone()) / median(c.clone())
+                ),
+                rows / median(f),
+                "rows/s",
+                rows / median(c),
+                "canonical rows/s",
+            )])
         }
         "probe-knn" => {
             let (ng, nq, dim) = (8000, 2000, 512);
