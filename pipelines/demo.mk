@@ -31,7 +31,7 @@ DEMO_WALK_SECONDS_PER_1000 ?= 2.5
 DEMO_PROBE_SECONDS ?= 0.5
 $(eval $(call GRID,DEMO))
 
-demo: build DEMO
+demo: $(call grid_goal,DEMO)
 	@echo "demo: open $(DEMO_OUT)/report/report.md"
 
 # CI's reduced demo: fewer encoders and images, same six tools, checked for the report and figures.

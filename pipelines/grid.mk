@@ -19,6 +19,10 @@
 # manifold-stats run as pipes), augment (stats with LiDAR, from the shared augment walk), and
 # pgd-reference (the authors' PGD walk) when G_PGD_VARIANT is reference.
 
+# What a grid's public target (demo, paper-mnist, ...) makes: the grid here, or with
+# SCHEDULER=slurm its submission to Slurm (pipelines/slurm.mk).
+grid_goal = $(if $(filter slurm,$(SCHEDULER)),$(1)-slurm-submit,build $(1))
+
 # Words of a model id, split on '_'.
 word_of = $(word $(1),$(subst _, ,$(2)))
 dim_of = $(patsubst d%,%,$(call word_of,2,$(1)))

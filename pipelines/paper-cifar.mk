@@ -35,4 +35,4 @@ CIFAR_WALK_SECONDS_PER_1000 ?= 550
 CIFAR_PROBE_SECONDS ?= 120
 $(eval $(call GRID,CIFAR))
 
-paper-cifar: build CIFAR
+paper-cifar: $(call grid_goal,CIFAR)

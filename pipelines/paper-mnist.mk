@@ -37,4 +37,4 @@ MNIST_WALK_SECONDS_PER_1000 ?= 2.5
 MNIST_PROBE_SECONDS ?= 1.5
 $(eval $(call GRID,MNIST))
 
-paper-mnist: build MNIST
+paper-mnist: $(call grid_goal,MNIST)

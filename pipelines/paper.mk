@@ -13,7 +13,11 @@ $(PAPER_OUT)/report/report.md: $(foreach t,$(PAPER_TRACKS),$($(t)_OUT)/report/re
 	@mkdir -p $(@D)
 	$(BIN)/correlate --stats $(PAPER_STATS) --probes $(PAPER_PROBES) --curves $(PAPER_CURVES) $(MNIST_CORRELATE_ARGS) --threads $(THREADS) -o $(@D)
 
+ifeq ($(SCHEDULER),slurm)
+paper: paper-slurm-submit
+else
 paper: build
 	@$(if $(PAPER_CIFAR_DATA),,echo "paper: no CIFAR-10 in $(CIFAR_DATA_DIR)/cifar10: the CIFAR-10 track is left out and the report pools MNIST alone")
 	$(MAKE) $(PAPER_TRACKS) $(PAPER_OUT)/report/report.md
 	@echo "paper: pooled report in $(PAPER_OUT)/report/report.md"
+endif

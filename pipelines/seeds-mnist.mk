@@ -16,4 +16,4 @@ $(foreach v,DATA_DIR DATASET TRAIN_ARGS TEST_SPLIT ALTER_ARGS EPOCHS N_TEST NOIS
   $(foreach ds,$(MNIST_DOWNSTREAM),DS_$(ds)_EMBED DS_$(ds)_PROBE),$(eval SEEDMNIST_$(v) = $$(MNIST_$(v))))
 $(eval $(call GRID,SEEDMNIST))
 
-seeds-mnist: build SEEDMNIST
+seeds-mnist: $(call grid_goal,SEEDMNIST)

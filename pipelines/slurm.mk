@@ -117,22 +117,8 @@ paper-status: paper-slurm-plan
 slurm-check:
 	@$(SLURM_SCRIPTS)/submit --check
 
-# With SCHEDULER=slurm, a grid goal still walks its targets (so its plan and settings check run as
-# always) but runs none of their recipes (SHELL=/bin/true, inherited by every prerequisite); its
-# submission target, the build on this node and the settings check run with the real shell.
-SLURM_GOALS := $(filter demo paper-mnist paper-cifar seeds-mnist paper,$(MAKECMDGOALS))
+# With SCHEDULER=slurm the grids' public targets depend on their submission targets instead of
+# the grids (grid_goal in grid.mk), and the build on this node waits for the controller check.
 ifeq ($(SCHEDULER),slurm)
-ifneq ($(SLURM_GOALS),)
-SLURM_REAL_SHELL := $(SHELL)
-.SILENT:
-$(SLURM_GOALS): SHELL := /bin/true
-slurm-check build $(foreach g,DEMO MNIST CIFAR SEEDMNIST,$(g)-plan $(g)-check-config $(g)-slurm-plan $(g)-slurm-submit) paper-slurm-plan paper-slurm-submit: SHELL := $(SLURM_REAL_SHELL)
-# The build waits for the check: no cargo build when no controller answers.
 build: slurm-check
-demo: DEMO-slurm-submit
-paper-mnist: MNIST-slurm-submit
-paper-cifar: CIFAR-slurm-submit
-seeds-mnist: SEEDMNIST-slurm-submit
-paper: paper-slurm-submit
-endif
 endif
