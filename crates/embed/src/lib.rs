@@ -6,11 +6,11 @@ use anyhow::{Context, Result, bail};
 use candle_core::DType;
 use clap::Parser;
 use rmqm_artifacts::{
-    Input, Output, Provenance, VectorBatchBuilder, VectorKind, VectorReader, VectorWriter, keys,
+    Input, Output, Provenance, VectorBatch, VectorKind, VectorReader, VectorWriter, keys,
 };
 use rmqm_cli::{Stdio, Summary, base_provenance};
-use rmqm_data::{Dataset, LoadOptions, load};
-use rmqm_models::Encoder;
+use rmqm_data::{Dataset, ImageSet, LoadOptions, load};
+use rmqm_models::{Encoder, ModelConfig};
 use std::path::PathBuf;
 
 /// Command-line arguments of `embed`.
@@ -83,6 +83,167 @@ fn model_provenance(prov: &mut Provenance, model: &Encoder) {
     prov.set("model_seed", model.config().seed);
 }
 
+/// What an embedding run wrote.
+struct Written {
+    rows: usize,
+    /// The input, in words.
+    what: String,
+}
+
+/// The dataset split the arguments select, checked against the model's input shape.
+fn dataset_images(args: &Args, dataset: Dataset, mc: &ModelConfig) -> Result<(ImageSet, String)> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(rmqm_data::default_data_dir);
+    let split = args
+        .split
+        .clone()
+        .unwrap_or_else(|| dataset.default_split().to_string());
+    let options = LoadOptions {
+        invert_omniglot: !args.no_invert,
+        ..Default::default()
+    };
+    let mut set = load(dataset, &data_dir, &split, &options)?;
+    if !args.classes.is_empty() {
+        let keep: Vec<usize> = (0..set.len())
+            .filter(|&i| args.classes.contains(&set.labels[i]))
+            .collect();
+        set = set.select(&keep);
+    }
+    if let Some(n) = args.limit {
+        set.truncate(n);
+    }
+    if (mc.channels, mc.height, mc.width) != (set.channels, set.height, set.width) {
+        bail!(
+            "{}: the model takes {}x{}x{} images but {dataset} {split} has {}x{}x{}",
+            args.model.display(),
+            mc.channels,
+            mc.height,
+            mc.width,
+            set.channels,
+            set.height,
+            set.width
+        );
+    }
+    Ok((set, split))
+}
+
+/// Embeds a dataset split (the probes' input): one row per image, step 0.
+fn embed_dataset(
+    args: &Args,
+    model: &Encoder,
+    dataset: Dataset,
+    mut prov: Provenance,
+    stdout: Box<dyn std::io::Write + Send>,
+) -> Result<Written> {
+    let mc = model.config();
+    let (dim, batch) = (mc.dim, args.batch_size.max(1));
+    let (set, split) = dataset_images(args, dataset, mc)?;
+    prov.set(keys::KIND, "embeddings")
+        .set(keys::DATASET, dataset.name())
+        .set(keys::SPLIT, &split)
+        .set(keys::ALTERATION, "none");
+    model_provenance(&mut prov, model);
+    let mut writer = VectorWriter::create_with_stdout(
+        &args.output,
+        VectorKind::Embedding,
+        dim,
+        &prov,
+        move || stdout,
+    )?;
+    let bar = rmqm_cli::progress(Some(set.len() as u64), "embed", "images");
+    let size = set.image_size();
+    for start in (0..set.len()).step_by(batch) {
+        let end = (start + batch).min(set.len());
+        let e = model.embed_pixels(&set.pixels[start * size..end * size], end - start, batch)?;
+        let n = end - start;
+        writer.write(&VectorBatch::from_columns(
+            set.ids[start..end].to_vec(),
+            set.labels[start..end].to_vec(),
+            vec![0; n],
+            vec![0.0; n],
+            e,
+            dim,
+        ))?;
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    Ok(Written {
+        rows: writer.finish()?,
+        what: format!("{} {split}", dataset.name()),
+    })
+}
+
+/// Embeds an altered-image stream into a trajectories stream: the same keys, one embedding a row.
+fn embed_stream(
+    args: &Args,
+    model: &Encoder,
+    mut prov: Provenance,
+    stdin: Box<dyn std::io::Read + Send>,
+    stdout: Box<dyn std::io::Write + Send>,
+) -> Result<Written> {
+    let mc = model.config();
+    let (dim, batch) = (mc.dim, args.batch_size.max(1));
+    let input = args.input.clone().unwrap_or(Input::Stdin);
+    let mut reader =
+        VectorReader::open_with_stdin(&input, VectorKind::Pixels, batch, move || stdin)?;
+    let ip = reader.provenance().clone();
+    let shape = (
+        ip.require_usize(keys::CHANNELS, reader.path())?,
+        ip.require_usize(keys::HEIGHT, reader.path())?,
+        ip.require_usize(keys::WIDTH, reader.path())?,
+    );
+    if shape != (mc.channels, mc.height, mc.width) {
+        bail!(
+            "{}: the model takes {}x{}x{} images but {input} holds {}x{}x{}",
+            args.model.display(),
+            mc.channels,
+            mc.height,
+            mc.width,
+            shape.0,
+            shape.1,
+            shape.2
+        );
+    }
+    // The stream's facts (dataset, alteration, seed, steps) carry over; the model's replace any
+    // the stream had (a PGD stream names the attacked model, which may differ).
+    for (k, v) in ip.iter() {
+        if !matches!(
+            k,
+            "tool" | "version" | "command" | "kind" | "channels" | "height" | "width"
+        ) {
+            prov.set(k, v);
+        }
+    }
+    if let Some(attacked) = ip.get(keys::MODEL) {
+        prov.set("altered_with_model", attacked);
+    }
+    model_provenance(&mut prov, model);
+    prov.set(keys::KIND, "trajectories");
+    let mut writer = VectorWriter::create_with_stdout(
+        &args.output,
+        VectorKind::Embedding,
+        dim,
+        &prov,
+        move || stdout,
+    )?;
+    let bar = rmqm_cli::progress(reader.total_rows().map(|r| r as u64), "embed", "rows");
+    while let Some(b) = reader.next_batch()? {
+        let e = model
+            .embed_pixels(&b.values, b.len(), batch)
+            .with_context(|| format!("embedding rows of {input}"))?;
+        bar.inc(b.len() as u64);
+        // The keys are shared with the input batch; only the vectors are new.
+        writer.write(&b.with_values(e, dim))?;
+    }
+    bar.finish_and_clear();
+    Ok(Written {
+        rows: writer.finish()?,
+        what: format!("{input}"),
+    })
+}
+
 /// Entry point with explicit stdio.
 pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     let args = Args::try_parse_from(&argv)?;
@@ -91,156 +252,23 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     let summary = Summary::start("embed");
     let model = Encoder::load(&args.model, DType::F32, &rmqm_models::device(), false)
         .map_err(anyhow::Error::msg)?;
-    let mc = model.config().clone();
-    let (dim, batch) = (mc.dim, args.batch_size.max(1));
+    let prov = base_provenance("embed", &argv);
     let stdout = stdio.take_stdout();
-    let mut prov = base_provenance("embed", &argv);
-    let rows;
-    let what;
-    if let Some(dataset) = args.dataset {
-        let data_dir = args
-            .data_dir
-            .clone()
-            .unwrap_or_else(rmqm_data::default_data_dir);
-        let split = args
-            .split
-            .clone()
-            .unwrap_or_else(|| dataset.default_split().to_string());
-        let options = LoadOptions {
-            invert_omniglot: !args.no_invert,
-            ..Default::default()
-        };
-        let mut set = load(dataset, &data_dir, &split, &options)?;
-        if !args.classes.is_empty() {
-            let keep: Vec<usize> = (0..set.len())
-                .filter(|&i| args.classes.contains(&set.labels[i]))
-                .collect();
-            set = set.select(&keep);
-        }
-        if let Some(n) = args.limit {
-            set.truncate(n);
-        }
-        if (mc.channels, mc.height, mc.width) != (set.channels, set.height, set.width) {
-            bail!(
-                "{}: the model takes {}x{}x{} images but {dataset} {split} has {}x{}x{}",
-                args.model.display(),
-                mc.channels,
-                mc.height,
-                mc.width,
-                set.channels,
-                set.height,
-                set.width
-            );
-        }
-        prov.set(keys::KIND, "embeddings")
-            .set(keys::DATASET, dataset.name())
-            .set(keys::SPLIT, &split)
-            .set(keys::ALTERATION, "none");
-        model_provenance(&mut prov, &model);
-        let mut writer = VectorWriter::create_with_stdout(
-            &args.output,
-            VectorKind::Embedding,
-            dim,
-            &prov,
-            move || stdout,
-        )?;
-        let bar = rmqm_cli::progress(Some(set.len() as u64), "embed", "images");
-        let size = set.image_size();
-        for start in (0..set.len()).step_by(batch) {
-            let end = (start + batch).min(set.len());
-            let e =
-                model.embed_pixels(&set.pixels[start * size..end * size], end - start, batch)?;
-            let mut out = VectorBatchBuilder::new(dim, end - start);
-            for k in 0..end - start {
-                out.push(
-                    set.ids[start + k],
-                    set.labels[start + k],
-                    0,
-                    0.0,
-                    &e[k * dim..(k + 1) * dim],
-                );
-            }
-            writer.write(&out.finish())?;
-            bar.inc((end - start) as u64);
-        }
-        bar.finish_and_clear();
-        rows = writer.finish()?;
-        what = format!("{} {split}", dataset.name());
-    } else {
-        let input = args.input.clone().unwrap_or(Input::Stdin);
-        let stdin = stdio.take_stdin();
-        let mut reader =
-            VectorReader::open_with_stdin(&input, VectorKind::Pixels, batch, move || stdin)?;
-        let ip = reader.provenance().clone();
-        let shape = (
-            ip.require_usize(keys::CHANNELS, reader.path())?,
-            ip.require_usize(keys::HEIGHT, reader.path())?,
-            ip.require_usize(keys::WIDTH, reader.path())?,
-        );
-        if shape != (mc.channels, mc.height, mc.width) {
-            bail!(
-                "{}: the model takes {}x{}x{} images but {input} holds {}x{}x{}",
-                args.model.display(),
-                mc.channels,
-                mc.height,
-                mc.width,
-                shape.0,
-                shape.1,
-                shape.2
-            );
-        }
-        // The stream's facts (dataset, alteration, seed, steps) carry over; the model's replace any
-        // the stream had (a PGD stream names the attacked model, which may differ).
-        for (k, v) in ip.iter() {
-            if !matches!(
-                k,
-                "tool" | "version" | "command" | "kind" | "channels" | "height" | "width"
-            ) {
-                prov.set(k, v);
-            }
-        }
-        if let Some(attacked) = ip.get(keys::MODEL) {
-            prov.set("altered_with_model", attacked);
-        }
-        model_provenance(&mut prov, &model);
-        prov.set(keys::KIND, "trajectories");
-        let mut writer = VectorWriter::create_with_stdout(
-            &args.output,
-            VectorKind::Embedding,
-            dim,
-            &prov,
-            move || stdout,
-        )?;
-        let bar = rmqm_cli::progress(reader.total_rows().map(|r| r as u64), "embed", "rows");
-        while let Some(b) = reader.next_batch()? {
-            let e = model
-                .embed_pixels(&b.values, b.len(), batch)
-                .with_context(|| format!("embedding rows of {input}"))?;
-            let mut out = VectorBatchBuilder::new(dim, b.len());
-            for k in 0..b.len() {
-                out.push(
-                    b.image_ids[k],
-                    b.labels[k],
-                    b.steps[k],
-                    b.epsilons[k],
-                    &e[k * dim..(k + 1) * dim],
-                );
-            }
-            writer.write(&out.finish())?;
-            bar.inc(b.len() as u64);
-        }
-        bar.finish_and_clear();
-        rows = writer.finish()?;
-        what = format!("{input}");
-    }
+    let written = match args.dataset {
+        Some(dataset) => embed_dataset(&args, &model, dataset, prov, stdout)?,
+        None => embed_stream(&args, &model, prov, stdio.take_stdin(), stdout)?,
+    };
+    let mc = model.config();
     let secs = summary.elapsed().as_secs_f64().max(1e-9);
     summary.finish(&format!(
-        "{} rows of {what} through {} ({} {} dim {dim}, {:.0} rows/s); wrote {}",
-        rmqm_cli::thousands(rows as u64),
+        "{} rows of {} through {} ({} {} dim {}, {:.0} rows/s); wrote {}",
+        rmqm_cli::thousands(written.rows as u64),
+        written.what,
         mc.model_id,
         mc.arch,
         mc.method,
-        rows as f64 / secs,
+        mc.dim,
+        written.rows as f64 / secs,
         args.output
     ));
     Ok(())

@@ -78,6 +78,53 @@ impl VectorBatch {
     pub fn is_empty(&self) -> bool {
         self.image_ids.is_empty()
     }
+    /// A batch from owned columns; `values` holds `width` numbers per row.
+    pub fn from_columns(
+        image_ids: Vec<u32>,
+        labels: Vec<i32>,
+        steps: Vec<u16>,
+        epsilons: Vec<f32>,
+        values: Vec<f32>,
+        width: usize,
+    ) -> Self {
+        let n = image_ids.len();
+        assert!(
+            labels.len() == n && steps.len() == n && epsilons.len() == n,
+            "key columns of different lengths"
+        );
+        assert_eq!(
+            values.len(),
+            n * width,
+            "values are not {n} rows of {width}"
+        );
+        VectorBatch {
+            image_ids: image_ids.into(),
+            labels: labels.into(),
+            steps: steps.into(),
+            epsilons: epsilons.into(),
+            values: values.into(),
+            width,
+        }
+    }
+
+    /// The same rows (keys shared, not copied) with other vectors: `width` values per row.
+    pub fn with_values(&self, values: Vec<f32>, width: usize) -> Self {
+        assert_eq!(
+            values.len(),
+            self.len() * width,
+            "values are not {} rows of {width}",
+            self.len()
+        );
+        VectorBatch {
+            image_ids: self.image_ids.clone(),
+            labels: self.labels.clone(),
+            steps: self.steps.clone(),
+            epsilons: self.epsilons.clone(),
+            values: values.into(),
+            width,
+        }
+    }
+
     /// The values of row `i`.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.values[i * self.width..(i + 1) * self.width]

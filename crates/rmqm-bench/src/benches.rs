@@ -317,19 +317,224 @@ fn manifold_stats_seconds(path: &Path, out: &Path) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// A measure of benchmark `name`: (stage, workload, value, unit, reference, reference label).
+fn measure(name: &str) -> impl Fn(&str, String, f64, &str, f64, &str) -> Measure + '_ {
+    move |stage, workload, value, unit, reference, label| Measure {
+        stage: stage.into(),
+        name: name.into(),
+        workload,
+        value,
+        unit: unit.into(),
+        reference,
+        reference_label: label.into(),
+    }
+}
+
+/// The noise alteration: 1,000 MNIST-size images x 101 steps to Parquet.
+fn alter_noise(name: &str, out: &Path, repeats: usize) -> Result<Vec<Measure>> {
+    let m = measure(name);
+    let (n, steps) = (1000usize, 100usize);
+    let imgs = pixels(n, 784, 3);
+    let cfg = rmqm_alter::NoiseConfig {
+        steps,
+        eps_max: 1.0,
+        direction: rmqm_alter::NoiseDirection::Fresh,
+        seed: 0,
+    };
+    let path = out.join("alter-noise.parquet");
+    let prov = Provenance::new()
+        .with(keys::CHANNELS, 1)
+        .with(keys::HEIGHT, 28)
+        .with(keys::WIDTH, 28);
+    let mut times = Vec::new();
+    for _ in 0..repeats.min(3) {
+        let t = Instant::now();
+        let mut w =
+            VectorWriter::create(&Output::Path(path.clone()), VectorKind::Pixels, 784, &prov)?;
+        for start in (0..n).step_by(256) {
+            let end = (start + 256).min(n);
+            use rayon::prelude::*;
+            let rows: Vec<Vec<Vec<f32>>> = (start..end)
+                .into_par_iter()
+                .map(|i| {
+                    (0..=steps)
+                        .map(|j| {
+                            rmqm_alter::noise_image(
+                                &imgs[i * 784..(i + 1) * 784],
+                                i as u32,
+                                j,
+                                &cfg,
+                            )
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut b = VectorBatchBuilder::new(784, (end - start) * (steps + 1));
+            for (k, r) in rows.iter().enumerate() {
+                for (j, row) in r.iter().enumerate() {
+                    b.push((start + k) as u32, 0, j as u16, cfg.epsilon(j) as f32, row);
+                }
+            }
+            w.write(&b.finish())?;
+        }
+        w.finish()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    std::fs::remove_file(&path).ok();
+    let s = median(times);
+    Ok(vec![m(
+        "alter (noise)",
+        "1,000 MNIST-size images x 101 steps, to Parquet".into(),
+        n as f64 / s,
+        "images/s",
+        (n * (steps + 1)) as f64 / s,
+        "rows/s",
+    )])
+}
+
+/// manifold-stats (or its decoding alone) on the 10,000 x 101 x 512 trajectory file.
+fn manifold_stats(name: &str, out: &Path) -> Result<Vec<Measure>> {
+    let m = measure(name);
+    let path = trajectory_file(out)?;
+    let rows = 10_000.0 * 101.0;
+    let mb = rows * 512.0 * 4.0 / 1e6;
+    let t = Instant::now();
+    if name == "manifold-stats-decode" {
+        let mut r = VectorReader::open(&Input::Path(path), VectorKind::Embedding, 8192)?;
+        let mut n = 0usize;
+        while let Some(b) = r.next_batch()? {
+            n += b.len();
+        }
+        if n != rows as usize {
+            bail!("read {n} rows");
+        }
+        let s = t.elapsed().as_secs_f64();
+        Ok(vec![m(
+            "manifold-stats",
+            format!("decode only, 10,000 x 101 x 512 ({mb:.0} MB of floats)"),
+            rows / s,
+            "rows/s",
+            mb / s,
+            "MB/s",
+        )])
+    } else {
+        let summary = out.join("bench-stats.parquet");
+        let argv: Vec<String> = [
+            "manifold-stats",
+            path.to_str().unwrap(),
+            "-o",
+            summary.to_str().unwrap(),
+            "--convention",
+            "both",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        manifold_stats_tool::run_outcome(argv, rmqm_cli::Stdio::default())?;
+        let s = t.elapsed().as_secs_f64();
+        Ok(vec![m(
+            "manifold-stats",
+            format!("10,000 images x 101 steps x 512 dims ({mb:.0} MB of floats)"),
+            rows / s,
+            "rows/s",
+            mb / s,
+            "MB/s",
+        )])
+    }
+}
+
+/// manifold-stats on the trajectory file written as a Python user would, beside the canonical file.
+fn manifold_stats_foreign(name: &str, out: &Path, repeats: usize) -> Result<Vec<Measure>> {
+    let m = measure(name);
+    // The foreign file and the canonical one measured alternately in one run: the value
+    // is the foreign file's speed, the reference the canonical file's.
+    let kind = name.trim_start_matches("manifold-stats-");
+    let foreign = foreign_trajectory_file(out, kind)?;
+    let canonical = trajectory_file(out)?;
+    let rows = 10_000.0 * 101.0;
+    let (mut f, mut c) = (Vec::new(), Vec::new());
+    for _ in 0..repeats.clamp(1, 3) {
+        c.push(manifold_stats_seconds(&canonical, out)?);
+        f.push(manifold_stats_seconds(&foreign, out)?);
+    }
+    Ok(vec![m(
+        "manifold-stats",
+        format!(
+            "10,000 x 101 x 512 written as {} (cost vs canonical: {:.2}x)",
+            if kind == "zstd" {
+                "FixedSizeList<Float32> + zstd"
+            } else {
+                "int64 keys + List<Float64> + snappy"
+            },
+            median(f.clone()) / median(c.clone())
+        ),
+        rows / median(f),
+        "rows/s",
+        rows / median(c),
+        "canonical rows/s",
+    )])
+}
+
+/// Exact 1-NN on 8,000 x 2,000 x 512.
+fn probe_knn(name: &str, repeats: usize) -> Result<Vec<Measure>> {
+    let m = measure(name);
+    let (ng, nq, dim) = (8000, 2000, 512);
+    let g = pixels(ng, dim, 5);
+    let q = pixels(nq, dim, 6);
+    let labels: Vec<i32> = (0..ng).map(|i| (i % 100) as i32).collect();
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        rmqm_probe::knn_predict(&g, &labels, &q, dim, 1, rmqm_probe::Metric::Cosine)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let s = median(times);
+    Ok(vec![m(
+        "probe",
+        "1-NN, 8,000 gallery x 2,000 queries x 512 dims".into(),
+        nq as f64 / s,
+        "queries/s",
+        s,
+        "seconds",
+    )])
+}
+
+/// The linear probe on 15,000 x 512 with 964 classes.
+fn probe_linear(name: &str) -> Result<Vec<Measure>> {
+    let m = measure(name);
+    let (n, dim, classes) = (15_000, 512, 964);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    let centres: Vec<f32> = (0..classes * dim)
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect();
+    let labels: Vec<i32> = (0..n).map(|i| (i % classes) as i32).collect();
+    let mut x = Vec::with_capacity(n * dim);
+    for &l in &labels {
+        let c = l as usize;
+        for k in 0..dim {
+            let z: f32 = StandardNormal.sample(&mut rng);
+            x.push(centres[c * dim + k] * 0.3 + z);
+        }
+    }
+    let t = Instant::now();
+    let (_, report) = rmqm_probe::fit_linear_probe(&x, &labels, dim, &Default::default())?;
+    let s = t.elapsed().as_secs_f64();
+    Ok(vec![m(
+        "probe",
+        format!(
+            "linear probe, 15,000 x 512, 964 classes (lambda {:e}, {} final iterations)",
+            report.lambda, report.iterations
+        ),
+        s,
+        "seconds",
+        f64::NAN,
+        "",
+    )])
+}
+
 /// Runs benchmark `name`.
 pub fn run(name: &str, out: &Path, repeats: usize) -> Result<Vec<Measure>> {
-    let m = |stage: &str, workload: String, value: f64, unit: &str, reference: f64, label: &str| {
-        Measure {
-            stage: stage.into(),
-            name: name.into(),
-            workload,
-            value,
-            unit: unit.into(),
-            reference,
-            reference_label: label.into(),
-        }
-    };
+    let m = measure(name);
     for (prefix, arch) in [
         ("lenet5-classic-", Arch::Lenet5Classic),
         ("lenet5-", Arch::Lenet5),
@@ -366,197 +571,13 @@ pub fn run(name: &str, out: &Path, repeats: usize) -> Result<Vec<Measure>> {
         }
     }
     match name {
-        "alter-noise" => {
-            let (n, steps) = (1000usize, 100usize);
-            let imgs = pixels(n, 784, 3);
-            let cfg = rmqm_alter::NoiseConfig {
-                steps,
-                eps_max: 1.0,
-                direction: rmqm_alter::NoiseDirection::Fresh,
-                seed: 0,
-            };
-            let path = out.join("alter-noise.parquet");
-            let prov = Provenance::new()
-                .with(keys::CHANNELS, 1)
-                .with(keys::HEIGHT, 28)
-                .with(keys::WIDTH, 28);
-            let mut times = Vec::new();
-            for _ in 0..repeats.min(3) {
-                let t = Instant::now();
-                let mut w = VectorWriter::create(
-                    &Output::Path(path.clone()),
-                    VectorKind::Pixels,
-                    784,
-                    &prov,
-                )?;
-                for start in (0..n).step_by(256) {
-                    let end = (start + 256).min(n);
-                    use rayon::prelude::*;
-                    let rows: Vec<Vec<Vec<f32>>> = (start..end)
-                        .into_par_iter()
-                        .map(|i| {
-                            (0..=steps)
-                                .map(|j| {
-                                    rmqm_alter::noise_image(
-                                        &imgs[i * 784..(i + 1) * 784],
-                                        i as u32,
-                                        j,
-                                        &cfg,
-                                    )
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    let mut b = VectorBatchBuilder::new(784, (end - start) * (steps + 1));
-                    for (k, r) in rows.iter().enumerate() {
-                        for (j, row) in r.iter().enumerate() {
-                            b.push((start + k) as u32, 0, j as u16, cfg.epsilon(j) as f32, row);
-                        }
-                    }
-                    w.write(&b.finish())?;
-                }
-                w.finish()?;
-                times.push(t.elapsed().as_secs_f64());
-            }
-            std::fs::remove_file(&path).ok();
-            let s = median(times);
-            Ok(vec![m(
-                "alter (noise)",
-                "1,000 MNIST-size images x 101 steps, to Parquet".into(),
-                n as f64 / s,
-                "images/s",
-                (n * (steps + 1)) as f64 / s,
-                "rows/s",
-            )])
-        }
-        "manifold-stats-decode" | "manifold-stats" => {
-            let path = trajectory_file(out)?;
-            let rows = 10_000.0 * 101.0;
-            let mb = rows * 512.0 * 4.0 / 1e6;
-            let t = Instant::now();
-            if name == "manifold-stats-decode" {
-                let mut r = VectorReader::open(&Input::Path(path), VectorKind::Embedding, 8192)?;
-                let mut n = 0usize;
-                while let Some(b) = r.next_batch()? {
-                    n += b.len();
-                }
-                if n != rows as usize {
-                    bail!("read {n} rows");
-                }
-                let s = t.elapsed().as_secs_f64();
-                Ok(vec![m(
-                    "manifold-stats",
-                    format!("decode only, 10,000 x 101 x 512 ({mb:.0} MB of floats)"),
-                    rows / s,
-                    "rows/s",
-                    mb / s,
-                    "MB/s",
-                )])
-            } else {
-                let summary = out.join("bench-stats.parquet");
-                let argv: Vec<String> = [
-                    "manifold-stats",
-                    path.to_str().unwrap(),
-                    "-o",
-                    summary.to_str().unwrap(),
-                    "--convention",
-                    "both",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-                manifold_stats_tool::run_outcome(argv, rmqm_cli::Stdio::default())?;
-                let s = t.elapsed().as_secs_f64();
-                Ok(vec![m(
-                    "manifold-stats",
-                    format!("10,000 images x 101 steps x 512 dims ({mb:.0} MB of floats)"),
-                    rows / s,
-                    "rows/s",
-                    mb / s,
-                    "MB/s",
-                )])
-            }
-        }
+        "alter-noise" => alter_noise(name, out, repeats),
+        "manifold-stats-decode" | "manifold-stats" => manifold_stats(name, out),
         "manifold-stats-zstd" | "manifold-stats-list-f64" => {
-            // The foreign file and the canonical one measured alternately in one run: the value
-            // is the foreign file's speed, the reference the canonical file's.
-            let kind = name.trim_start_matches("manifold-stats-");
-            let foreign = foreign_trajectory_file(out, kind)?;
-            let canonical = trajectory_file(out)?;
-            let rows = 10_000.0 * 101.0;
-            let (mut f, mut c) = (Vec::new(), Vec::new());
-            for _ in 0..repeats.clamp(1, 3) {
-                c.push(manifold_stats_seconds(&canonical, out)?);
-                f.push(manifold_stats_seconds(&foreign, out)?);
-            }
-            Ok(vec![m(
-                "manifold-stats",
-                format!(
-                    "10,000 x 101 x 512 written as {} (cost vs canonical: {:.2}x)",
-                    if kind == "zstd" {
-                        "FixedSizeList<Float32> + zstd"
-                    } else {
-                        "int64 keys + List<Float64> + snappy"
-                    },
-                    median(f.clone()) / median(c.clone())
-                ),
-                rows / median(f),
-                "rows/s",
-                rows / median(c),
-                "canonical rows/s",
-            )])
+            manifold_stats_foreign(name, out, repeats)
         }
-        "probe-knn" => {
-            let (ng, nq, dim) = (8000, 2000, 512);
-            let g = pixels(ng, dim, 5);
-            let q = pixels(nq, dim, 6);
-            let labels: Vec<i32> = (0..ng).map(|i| (i % 100) as i32).collect();
-            let mut times = Vec::new();
-            for _ in 0..repeats {
-                let t = Instant::now();
-                rmqm_probe::knn_predict(&g, &labels, &q, dim, 1, rmqm_probe::Metric::Cosine)?;
-                times.push(t.elapsed().as_secs_f64());
-            }
-            let s = median(times);
-            Ok(vec![m(
-                "probe",
-                "1-NN, 8,000 gallery x 2,000 queries x 512 dims".into(),
-                nq as f64 / s,
-                "queries/s",
-                s,
-                "seconds",
-            )])
-        }
-        "probe-linear" => {
-            let (n, dim, classes) = (15_000, 512, 964);
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
-            let centres: Vec<f32> = (0..classes * dim)
-                .map(|_| StandardNormal.sample(&mut rng))
-                .collect();
-            let labels: Vec<i32> = (0..n).map(|i| (i % classes) as i32).collect();
-            let mut x = Vec::with_capacity(n * dim);
-            for &l in &labels {
-                let c = l as usize;
-                for k in 0..dim {
-                    let z: f32 = StandardNormal.sample(&mut rng);
-                    x.push(centres[c * dim + k] * 0.3 + z);
-                }
-            }
-            let t = Instant::now();
-            let (_, report) = rmqm_probe::fit_linear_probe(&x, &labels, dim, &Default::default())?;
-            let s = t.elapsed().as_secs_f64();
-            Ok(vec![m(
-                "probe",
-                format!(
-                    "linear probe, 15,000 x 512, 964 classes (lambda {:e}, {} final iterations)",
-                    report.lambda, report.iterations
-                ),
-                s,
-                "seconds",
-                f64::NAN,
-                "",
-            )])
-        }
+        "probe-knn" => probe_knn(name, repeats),
+        "probe-linear" => probe_linear(name),
         _ => bail!("unknown benchmark {name}; known: {}", NAMES.join(", ")),
     }
 }

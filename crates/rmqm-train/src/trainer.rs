@@ -64,6 +64,212 @@ pub fn batch_tensor(set: &ImageSet, indices: &[usize], device: &Device) -> Resul
     )
 }
 
+/// What one optimizer step needs: the model, its data and the options, fixed for the run.
+struct Stepper<'a> {
+    model: &'a Encoder,
+    data: &'a ImageSet,
+    opts: &'a TrainOptions,
+    method: Method,
+    vars: Vec<candle_core::Var>,
+    device: Device,
+    aug: Augmentation,
+}
+
+/// The summed gradient of one optimizer step and each batch's loss.
+struct StepGradients {
+    /// Per variable, the gradient summed over the step's batches (None where none flowed).
+    gradients: Vec<Option<Tensor>>,
+    /// Each batch's loss value.
+    losses: Vec<f64>,
+}
+
+/// Where a step is, for error messages.
+#[derive(Clone, Copy)]
+struct StepPosition {
+    epoch: usize,
+    step: usize,
+    first_batch: usize,
+}
+
+impl Stepper<'_> {
+    /// The epoch's batches in its seeded order (single-image batches dropped for the pair methods).
+    fn epoch_batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let needs_pairs = self.method != Method::CrossEntropy;
+        let mut order: Vec<usize> = (0..self.data.len()).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            self.opts.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        order.shuffle(&mut rng);
+        order
+            .chunks(self.opts.batch_size)
+            .filter(|b| !(needs_pairs && b.len() < 2))
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
+    /// View `view` of each image of `batch` in `epoch`'s augmentation stream.
+    fn views(&self, batch: &[usize], epoch: usize, view: u8) -> Result<Tensor> {
+        let (c, h, w) = (self.data.channels, self.data.height, self.data.width);
+        let imgs: Vec<&[f32]> = batch.iter().map(|&i| self.data.image(i)).collect();
+        let ids: Vec<u32> = batch.iter().map(|&i| self.data.ids[i]).collect();
+        Tensor::from_vec(
+            augment_batch(
+                self.aug,
+                &imgs,
+                &ids,
+                c,
+                h,
+                w,
+                self.opts.seed,
+                epoch as u64,
+                view,
+            ),
+            (batch.len(), c, h, w),
+            &self.device,
+        )
+    }
+
+    fn labels(&self, batch: &[usize]) -> Vec<i64> {
+        batch.iter().map(|&i| self.data.labels[i] as i64).collect()
+    }
+
+    /// The gradient of `loss` for every variable, detached: a variable's gradient can still
+    /// reference this batch's forward graph, which would otherwise live on through the
+    /// optimizer's state.
+    fn gradients(&self, loss: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let grads = loss.backward()?;
+        Ok(self
+            .vars
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).map(Tensor::detach))
+            .collect())
+    }
+
+    /// A batch's loss value, checked finite.
+    fn checked(loss: &Tensor, at: StepPosition, k: usize) -> Result<f64> {
+        let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        if !value.is_finite() {
+            candle_core::bail!(
+                "loss became {value} at epoch {}, step {} (batch {})",
+                at.epoch,
+                at.step,
+                at.first_batch + k
+            );
+        }
+        Ok(value)
+    }
+
+    /// One forward over the whole group, the loss of each batch on its own rows, one backward of
+    /// their sum: the same summed gradient, at a batch size where the kernels keep both cores
+    /// busy (encoders without batch statistics only).
+    fn grouped(&self, group: &[Vec<usize>], at: StepPosition) -> Result<StepGradients> {
+        let all: Vec<usize> = group.iter().flat_map(|b| b.iter().copied()).collect();
+        let (model, method) = (self.model, self.method);
+        let embedded = if method.uses_views() {
+            (
+                model.embed(&self.views(&all, at.epoch, 0)?, true)?,
+                Some(model.embed(&self.views(&all, at.epoch, 1)?, true)?),
+            )
+        } else {
+            (
+                model.embed(&batch_tensor(self.data, &all, &self.device)?, true)?,
+                None,
+            )
+        };
+        let mut losses: Vec<Tensor> = Vec::with_capacity(group.len());
+        let mut values = Vec::with_capacity(group.len());
+        let mut offset = 0;
+        for (k, batch) in group.iter().enumerate() {
+            let n = batch.len();
+            let first = embedded.0.narrow(0, offset, n)?;
+            let loss = match &embedded.1 {
+                Some(second) => embedding_loss(
+                    model,
+                    method,
+                    &BatchEmbeddings::Views {
+                        first: &first,
+                        second: &second.narrow(0, offset, n)?,
+                    },
+                )?,
+                None => embedding_loss(
+                    model,
+                    method,
+                    &BatchEmbeddings::Labelled {
+                        embeddings: &first,
+                        labels: &self.labels(batch),
+                    },
+                )?,
+            };
+            values.push(Self::checked(&loss, at, k)?);
+            losses.push(loss);
+            offset += n;
+        }
+        let total = losses
+            .iter()
+            .skip(1)
+            .try_fold(losses[0].clone(), |sum, l| sum + l)?;
+        Ok(StepGradients {
+            gradients: self.gradients(&total)?,
+            losses: values,
+        })
+    }
+
+    /// One forward and backward per batch, gradients summed: batch statistics (ResNet's batch
+    /// norm) tie each batch's embeddings to its batch.
+    fn per_batch(&self, group: &[Vec<usize>], at: StepPosition) -> Result<StepGradients> {
+        let mut acc: Vec<Option<Tensor>> = vec![None; self.vars.len()];
+        let mut values = Vec::with_capacity(group.len());
+        for (k, batch) in group.iter().enumerate() {
+            let input = if self.method.uses_views() {
+                BatchInput::Views {
+                    first: &self.views(batch, at.epoch, 0)?,
+                    second: &self.views(batch, at.epoch, 1)?,
+                }
+            } else {
+                BatchInput::Labelled {
+                    images: &batch_tensor(self.data, batch, &self.device)?,
+                    labels: &self.labels(batch),
+                }
+            };
+            let loss = method_loss(self.model, self.method, &input, true)?;
+            values.push(Self::checked(&loss, at, k)?);
+            for (slot, g) in acc.iter_mut().zip(self.gradients(&loss)?) {
+                if let Some(g) = g {
+                    *slot = Some(match slot.take() {
+                        Some(s) => (s + g)?,
+                        None => g,
+                    });
+                }
+            }
+        }
+        Ok(StepGradients {
+            gradients: acc,
+            losses: values,
+        })
+    }
+
+    /// Fails on a non-finite gradient, which would poison the weights silently.
+    fn check_gradients(&self, gradients: &[Option<Tensor>], at: StepPosition) -> Result<()> {
+        for (g, var) in gradients.iter().zip(&self.vars) {
+            if let Some(g) = g {
+                let total = g
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
+                if !total.is_finite() {
+                    candle_core::bail!(
+                        "non-finite gradient for a {:?} parameter at epoch {}, step {}",
+                        var.dims(),
+                        at.epoch,
+                        at.step
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Trains `model` (whose parameters must be trainable) on `data`; calls `on_step` after every
 /// optimizer step. Fails on a non-finite loss, naming the epoch and step.
 pub fn train(
@@ -72,7 +278,6 @@ pub fn train(
     opts: &TrainOptions,
     on_step: &mut dyn FnMut(&StepLog),
 ) -> Result<Vec<StepLog>> {
-    let method = model.config().method;
     let vars = model.vars().to_vec();
     if vars.is_empty() {
         candle_core::bail!("the model has no trainable parameters");
@@ -81,171 +286,46 @@ pub fn train(
         OptimizerKind::Sgd => Box::new(NesterovSgd::new(vars.clone(), opts.learning_rate, 0.9)),
         OptimizerKind::Adam => Box::new(Adam::new(vars.clone(), opts.learning_rate)),
     };
-    let device = rmqm_models::device();
-    let aug = Augmentation::for_images(data.channels);
-    let (c, h, w) = (data.channels, data.height, data.width);
-    let needs_pairs = method != Method::CrossEntropy;
+    let stepper = Stepper {
+        model,
+        data,
+        opts,
+        method: model.config().method,
+        vars,
+        device: rmqm_models::device(),
+        aug: Augmentation::for_images(data.channels),
+    };
+    let grouped = opts.group_batches && model.per_sample();
+    let accumulate = opts.accumulate.max(1);
     let start = Instant::now();
-    let mut logs = Vec::new();
-    let mut step = 0;
-    let mut examples = 0;
+    let (mut logs, mut step, mut examples) = (Vec::new(), 0, 0);
     for epoch in 0..opts.epochs {
-        let mut order: Vec<usize> = (0..data.len()).collect();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-            opts.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
-        order.shuffle(&mut rng);
-        let batches: Vec<&[usize]> = order
-            .chunks(opts.batch_size)
-            .filter(|b| !(needs_pairs && b.len() < 2))
-            .collect();
+        let batches = stepper.epoch_batches(epoch);
         // Each optimizer step sums the gradients of `accumulate` consecutive batches (fewer at
         // the epoch's end).
-        for (gi, group) in batches.chunks(opts.accumulate.max(1)).enumerate() {
+        for (gi, group) in batches.chunks(accumulate).enumerate() {
             let step_start = Instant::now();
-            let first_batch = gi * opts.accumulate.max(1);
-            let views = |batch: &[usize], view: u8| -> Result<Tensor> {
-                let imgs: Vec<&[f32]> = batch.iter().map(|&i| data.image(i)).collect();
-                let ids: Vec<u32> = batch.iter().map(|&i| data.ids[i]).collect();
-                Tensor::from_vec(
-                    augment_batch(aug, &imgs, &ids, c, h, w, opts.seed, epoch as u64, view),
-                    (batch.len(), c, h, w),
-                    &device,
-                )
+            let at = StepPosition {
+                epoch,
+                step,
+                first_batch: gi * accumulate,
             };
-            let labels_of = |batch: &[usize]| -> Vec<i64> {
-                batch.iter().map(|&i| data.labels[i] as i64).collect()
-            };
-            // Per batch: its loss and its value (checked finite).
-            let mut losses: Vec<Tensor> = Vec::with_capacity(group.len());
-            let mut values: Vec<f64> = Vec::with_capacity(group.len());
-            let mut check = |loss: Tensor, bi: usize| -> Result<()> {
-                let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-                if !value.is_finite() {
-                    candle_core::bail!(
-                        "loss became {value} at epoch {epoch}, step {step} (batch {bi})"
-                    );
-                }
-                losses.push(loss);
-                values.push(value);
-                Ok(())
-            };
-            let grads_of = |loss: &Tensor| -> Result<Vec<Option<Tensor>>> {
-                let grads = loss.backward()?;
-                // Detached: a variable's gradient can still reference this batch's forward graph,
-                // which would otherwise live on through the optimizer's state.
-                Ok(vars
-                    .iter()
-                    .map(|v| grads.get(v.as_tensor()).map(Tensor::detach))
-                    .collect())
-            };
-            let acc: Vec<Option<Tensor>> = if opts.group_batches && model.per_sample() {
-                // One forward over the whole group, the loss of each batch on its own rows, one
-                // backward of their sum: the same summed gradient, at a batch size where the
-                // kernels keep both cores busy.
-                let all: Vec<usize> = group.iter().flat_map(|b| b.iter().copied()).collect();
-                let mut offset = 0;
-                if method.uses_views() {
-                    let first = model.embed(&views(&all, 0)?, true)?;
-                    let second = model.embed(&views(&all, 1)?, true)?;
-                    for (k, batch) in group.iter().enumerate() {
-                        let n = batch.len();
-                        let loss = embedding_loss(
-                            model,
-                            method,
-                            &BatchEmbeddings::Views {
-                                first: &first.narrow(0, offset, n)?,
-                                second: &second.narrow(0, offset, n)?,
-                            },
-                        )?;
-                        check(loss, first_batch + k)?;
-                        offset += n;
-                    }
-                } else {
-                    let embeddings = model.embed(&batch_tensor(data, &all, &device)?, true)?;
-                    for (k, batch) in group.iter().enumerate() {
-                        let n = batch.len();
-                        let loss = embedding_loss(
-                            model,
-                            method,
-                            &BatchEmbeddings::Labelled {
-                                embeddings: &embeddings.narrow(0, offset, n)?,
-                                labels: &labels_of(batch),
-                            },
-                        )?;
-                        check(loss, first_batch + k)?;
-                        offset += n;
-                    }
-                }
-                let total = losses
-                    .iter()
-                    .skip(1)
-                    .try_fold(losses[0].clone(), |sum, l| sum + l)?;
-                grads_of(&total)?
+            let g = if grouped {
+                stepper.grouped(group, at)?
             } else {
-                // Batch statistics (ResNet's batch norm) tie each batch's embeddings to its
-                // batch: one forward and backward per batch, gradients summed.
-                let mut acc: Vec<Option<Tensor>> = vec![None; vars.len()];
-                for (k, batch) in group.iter().enumerate() {
-                    let loss = if method.uses_views() {
-                        method_loss(
-                            model,
-                            method,
-                            &BatchInput::Views {
-                                first: &views(batch, 0)?,
-                                second: &views(batch, 1)?,
-                            },
-                            true,
-                        )?
-                    } else {
-                        method_loss(
-                            model,
-                            method,
-                            &BatchInput::Labelled {
-                                images: &batch_tensor(data, batch, &device)?,
-                                labels: &labels_of(batch),
-                            },
-                            true,
-                        )?
-                    };
-                    check(loss.clone(), first_batch + k)?;
-                    for (slot, g) in acc.iter_mut().zip(grads_of(&loss)?) {
-                        if let Some(g) = g {
-                            *slot = Some(match slot.take() {
-                                Some(s) => (s + g)?,
-                                None => g,
-                            });
-                        }
-                    }
-                }
-                acc
+                stepper.per_batch(group, at)?
             };
-            drop(losses);
-            // A non-finite gradient would poison the weights silently: stop with a clear error.
-            for (g, var) in acc.iter().zip(&vars) {
-                if let Some(g) = g {
-                    let total = g
-                        .sum_all()?
-                        .to_dtype(candle_core::DType::F64)?
-                        .to_scalar::<f64>()?;
-                    if !total.is_finite() {
-                        candle_core::bail!(
-                            "non-finite gradient for a {:?} parameter at epoch {epoch}, step {step}",
-                            var.dims()
-                        );
-                    }
-                }
-            }
-            optimizer.step(&acc)?;
+            stepper.check_gradients(&g.gradients, at)?;
+            optimizer.step(&g.gradients)?;
             let group_examples: usize = group.iter().map(|b| b.len()).sum();
             examples += group_examples;
-            let secs = step_start.elapsed().as_secs_f64();
             let log = StepLog {
                 epoch,
                 step,
-                loss: values.iter().sum::<f64>() / values.len() as f64,
+                loss: g.losses.iter().sum::<f64>() / g.losses.len() as f64,
                 seconds: start.elapsed().as_secs_f64(),
-                examples_per_second: group_examples as f64 / secs.max(1e-9),
+                examples_per_second: group_examples as f64
+                    / step_start.elapsed().as_secs_f64().max(1e-9),
                 examples,
             };
             on_step(&log);

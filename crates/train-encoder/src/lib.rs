@@ -6,9 +6,9 @@ use candle_core::DType;
 use clap::Parser;
 use rmqm_artifacts::{Column, Output, Table, keys, write_table};
 use rmqm_cli::{Summary, base_provenance};
-use rmqm_data::{Dataset, LoadOptions, load};
+use rmqm_data::{Dataset, ImageSet, LoadOptions, load};
 use rmqm_models::{Arch, Encoder, Method, ModelConfig, OptimizerKind, dataset_normalisation};
-use rmqm_train::{TrainOptions, train};
+use rmqm_train::{StepLog, TrainOptions, train};
 use std::path::PathBuf;
 
 /// Command-line arguments of `train-encoder`.
@@ -96,20 +96,9 @@ pub struct Args {
     pub output: PathBuf,
 }
 
-/// Entry point.
-pub fn run(argv: Vec<String>) -> Result<()> {
-    let args = Args::try_parse_from(&argv)?;
-    rmqm_cli::init_threads(args.threads);
-    let summary = Summary::start("train-encoder");
-    if args.dim == 0 || args.batch_size == 0 || args.accumulate == 0 {
-        bail!("--dim, --batch-size and --accumulate must be at least 1");
-    }
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(rmqm_data::default_data_dir);
-    let options = LoadOptions::default();
-    let mut data = load(args.dataset, &data_dir, &args.split, &options)?;
+/// The training images the arguments select.
+fn training_data(args: &Args, data_dir: &std::path::Path) -> Result<ImageSet> {
+    let mut data = load(args.dataset, data_dir, &args.split, &LoadOptions::default())?;
     if !args.classes.is_empty() {
         data = data.keep_classes(&args.classes);
     }
@@ -124,13 +113,12 @@ pub fn run(argv: Vec<String>) -> Result<()> {
             data.len()
         );
     }
-    let arch = args.arch.unwrap_or(if data.channels == 1 {
-        Arch::Lenet5
-    } else {
-        Arch::Resnet18
-    });
-    let (mean, std) = dataset_normalisation(args.dataset.name(), data.channels);
-    let model_id = args.model_id.clone().unwrap_or_else(|| {
+    Ok(data)
+}
+
+/// The model's id: --model-id, else the output file's name without `.safetensors`.
+fn model_id(args: &Args) -> String {
+    args.model_id.clone().unwrap_or_else(|| {
         let name = args
             .output
             .file_name()
@@ -139,9 +127,19 @@ pub fn run(argv: Vec<String>) -> Result<()> {
         name.strip_suffix(".safetensors")
             .unwrap_or(&name)
             .to_string()
+    })
+}
+
+/// The model's configuration from the arguments and the training data's shape.
+fn model_config(args: &Args, data: &ImageSet) -> ModelConfig {
+    let arch = args.arch.unwrap_or(if data.channels == 1 {
+        Arch::Lenet5
+    } else {
+        Arch::Resnet18
     });
-    let config = ModelConfig {
-        model_id: model_id.clone(),
+    let (mean, std) = dataset_normalisation(args.dataset.name(), data.channels);
+    ModelConfig {
+        model_id: model_id(args),
         arch,
         method: args.method,
         dim: args.dim,
@@ -164,9 +162,12 @@ pub fn run(argv: Vec<String>) -> Result<()> {
         learning_rate: args.lr,
         temperature: args.temperature,
         margin: args.margin,
-    };
-    let device = rmqm_models::device();
-    let model = Encoder::init(config.clone(), DType::F32, &device, true)?;
+    }
+}
+
+/// Trains `model` on `data` with a progress bar.
+fn train_model(args: &Args, model: &Encoder, data: &ImageSet) -> Result<Vec<StepLog>> {
+    let model_id = &model.config().model_id;
     let total = (args.epochs * data.len()) as u64;
     let bar = rmqm_cli::progress(Some(total), &format!("train {model_id}"), "images");
     let opts = TrainOptions {
@@ -178,7 +179,7 @@ pub fn run(argv: Vec<String>) -> Result<()> {
         learning_rate: args.lr,
         group_batches: true,
     };
-    let logs = train(&model, &data, &opts, &mut |log| {
+    let logs = train(model, data, &opts, &mut |log| {
         bar.set_position(log.examples as u64);
         bar.set_message(format!(
             "train {model_id} epoch {} loss {:.4}",
@@ -188,36 +189,47 @@ pub fn run(argv: Vec<String>) -> Result<()> {
     })
     .with_context(|| format!("training {model_id}"))?;
     bar.finish_and_clear();
+    Ok(logs)
+}
 
-    let mut eval_note = String::new();
-    let mut accuracy = f64::NAN;
-    if args.evaluate {
-        let test = load(args.dataset, &data_dir, &args.eval_split, &options)?;
-        let test = if args.classes.is_empty() {
-            test
-        } else {
-            test.keep_classes(&args.classes)
-        };
-        match model.classify_pixels(&test.pixels, test.len(), 512)? {
-            Some(pred) => {
-                let correct = pred
-                    .iter()
-                    .zip(&test.labels)
-                    .filter(|(p, l)| **p as i32 == **l)
-                    .count();
-                accuracy = correct as f64 / test.len() as f64;
-                eval_note = format!(
-                    ", head accuracy on {} {}: {:.4}",
-                    args.dataset, args.eval_split, accuracy
-                );
-            }
-            None => eval_note = format!(", no head to evaluate ({} has none)", args.method),
-        }
-    }
-    model
-        .save(&args.output)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+/// The head's accuracy on --eval-split (None when the method has no head).
+struct HeadAccuracy {
+    accuracy: Option<f64>,
+}
 
+fn evaluate(args: &Args, model: &Encoder, data_dir: &std::path::Path) -> Result<HeadAccuracy> {
+    let test = load(
+        args.dataset,
+        data_dir,
+        &args.eval_split,
+        &LoadOptions::default(),
+    )?;
+    let test = if args.classes.is_empty() {
+        test
+    } else {
+        test.keep_classes(&args.classes)
+    };
+    let accuracy = model
+        .classify_pixels(&test.pixels, test.len(), 512)?
+        .map(|pred| {
+            let correct = pred
+                .iter()
+                .zip(&test.labels)
+                .filter(|(p, l)| **p as i32 == **l)
+                .count();
+            correct as f64 / test.len() as f64
+        });
+    Ok(HeadAccuracy { accuracy })
+}
+
+/// Writes the training log (one row per optimizer step) beside the model; returns its path.
+fn write_log(
+    args: &Args,
+    argv: &[String],
+    config: &ModelConfig,
+    logs: &[StepLog],
+    head: Option<&HeadAccuracy>,
+) -> Result<PathBuf> {
     let log_path = args.log.clone().unwrap_or_else(|| {
         let s = args.output.to_string_lossy().to_string();
         PathBuf::from(format!(
@@ -243,7 +255,7 @@ pub fn run(argv: Vec<String>) -> Result<()> {
             "examples_per_second",
             Column::F64(logs.iter().map(|l| l.examples_per_second).collect()),
         );
-    let mut prov = base_provenance("train-encoder", &argv);
+    let mut prov = base_provenance("train-encoder", argv);
     for (k, v) in config.to_metadata() {
         if let Some(k) = k.strip_prefix("rmqm.") {
             if k != "kind" && k != "version" {
@@ -254,10 +266,39 @@ pub fn run(argv: Vec<String>) -> Result<()> {
     prov.set(keys::KIND, "training-log")
         .set(keys::DATASET, args.dataset.name())
         .set(keys::SPLIT, &args.split);
-    if accuracy.is_finite() {
-        prov.set("head_accuracy", accuracy);
+    if let Some(a) = head.and_then(|h| h.accuracy) {
+        prov.set("head_accuracy", a);
     }
     write_table(&Output::Path(log_path.clone()), &table, &prov)?;
+    Ok(log_path)
+}
+
+/// Entry point.
+pub fn run(argv: Vec<String>) -> Result<()> {
+    let args = Args::try_parse_from(&argv)?;
+    rmqm_cli::init_threads(args.threads);
+    let summary = Summary::start("train-encoder");
+    if args.dim == 0 || args.batch_size == 0 || args.accumulate == 0 {
+        bail!("--dim, --batch-size and --accumulate must be at least 1");
+    }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(rmqm_data::default_data_dir);
+    let data = training_data(&args, &data_dir)?;
+    let config = model_config(&args, &data);
+    let model = Encoder::init(config.clone(), DType::F32, &rmqm_models::device(), true)?;
+    let logs = train_model(&args, &model, &data)?;
+    let head = if args.evaluate {
+        Some(evaluate(&args, &model, &data_dir)?)
+    } else {
+        None
+    };
+    model
+        .save(&args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    let log_path = write_log(&args, &argv, &config, &logs, head.as_ref())?;
+
     let secs = summary.elapsed().as_secs_f64();
     let rate = if secs > 0.0 {
         (args.epochs * data.len()) as f64 / secs
@@ -268,8 +309,18 @@ pub fn run(argv: Vec<String>) -> Result<()> {
         .last()
         .map(|l| format!(", final loss {:.4}", l.loss))
         .unwrap_or_default();
+    let eval_note = match head.map(|h| h.accuracy) {
+        None => String::new(),
+        Some(Some(a)) => format!(
+            ", head accuracy on {} {}: {a:.4}",
+            args.dataset, args.eval_split
+        ),
+        Some(None) => format!(", no head to evaluate ({} has none)", args.method),
+    };
     summary.finish(&format!(
-        "{model_id}: {arch} {} dim {} {} on {} {} ({} images) for {} epochs ({rate:.0} images/s){last}{eval_note}; wrote {} and {}",
+        "{}: {} {} dim {} {} on {} {} ({} images) for {} epochs ({rate:.0} images/s){last}{eval_note}; wrote {} and {}",
+        config.model_id,
+        config.arch,
         args.method,
         args.dim,
         args.optimizer,
