@@ -10,7 +10,7 @@ use rmqm_alter::{
     noise_image, pgd_batch,
 };
 use rmqm_artifacts::{Output, VectorBatch, VectorBatchBuilder, VectorKind, VectorWriter, keys};
-use rmqm_cli::{Stdio, Summary, base_provenance};
+use rmqm_cli::{DataDirArg, SelectionArgs, Stdio, Summary, ThreadsArg, base_provenance};
 use rmqm_data::{Dataset, ImageSet, LoadOptions, load};
 use rmqm_models::Encoder;
 use std::ops::Range;
@@ -80,21 +80,15 @@ pub struct Args {
     /// Dataset whose images are altered.
     #[arg(long, default_value = "mnist")]
     pub dataset: Dataset,
-    /// Folder holding the datasets (default: $DATA_DIR, then data/).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    /// Where the datasets are.
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
     /// Split (default: the dataset's held-out split).
     #[arg(long)]
     pub split: Option<String>,
-    /// Only the first N images of the split (the paper walks the whole test set).
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Only these image ids (indices in the split's source order), comma separated.
-    #[arg(long, value_delimiter = ',')]
-    pub ids: Vec<u32>,
-    /// Only images of these classes (labels kept), comma separated; applied before --limit.
-    #[arg(long, value_delimiter = ',')]
-    pub classes: Vec<i32>,
+    /// Which images (labels kept; the paper walks the whole test set).
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// J, the number of steps after the clean image (default 100 for noise, 30 for PGD).
     #[arg(long, conflicts_with = "views")]
     pub steps: Option<usize>,
@@ -131,9 +125,9 @@ pub struct Args {
     /// Seed of the noise, of the augment walk's views and of PGD's augmented views.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Worker threads.
+    #[command(flatten)]
+    pub threads: ThreadsArg,
     /// Output stream: a Parquet file, or - for Arrow IPC on stdout.
     #[arg(short, long, value_parser = rmqm_cli::parse_output)]
     pub output: Output,
@@ -142,41 +136,6 @@ pub struct Args {
 /// Entry point with the process's stdio.
 pub fn run(args: Vec<String>) -> Result<()> {
     run_with(args, Stdio::default())
-}
-
-/// Selects images by --ids (every id must exist), --classes, then --limit.
-fn select(set: ImageSet, ids: &[u32], classes: &[i32], limit: Option<usize>) -> Result<ImageSet> {
-    let set = if classes.is_empty() {
-        set
-    } else {
-        let keep: Vec<usize> = (0..set.len())
-            .filter(|&i| classes.contains(&set.labels[i]))
-            .collect();
-        set.select(&keep)
-    };
-    let mut set = if ids.is_empty() {
-        set
-    } else {
-        let mut idx = Vec::with_capacity(ids.len());
-        for &id in ids {
-            match set.ids.iter().position(|&x| x == id) {
-                Some(i) => idx.push(i),
-                None => bail!(
-                    "{} {}: unknown image id {id} (ids are 0..{})",
-                    set.dataset,
-                    set.split,
-                    set.len()
-                ),
-            }
-        }
-        idx.sort_unstable();
-        idx.dedup();
-        set.select(&idx)
-    };
-    if let Some(n) = limit {
-        set.truncate(n);
-    }
-    Ok(set)
 }
 
 /// The walk a run makes, with its settings.
@@ -246,19 +205,13 @@ impl Walk {
                 let path = args.model.as_ref().context("--method pgd needs --model")?;
                 let model = Encoder::load(path, DType::F32, &rmqm_models::device(), false)
                     .map_err(anyhow::Error::msg)?;
-                let mc = model.config();
-                let (c, h, w) = (set.channels, set.height, set.width);
-                if (mc.channels, mc.height, mc.width) != (c, h, w) {
-                    bail!(
-                        "{}: the model takes {}x{}x{} images but {} {} has {c}x{h}x{w}",
-                        path.display(),
-                        mc.channels,
-                        mc.height,
-                        mc.width,
-                        set.dataset,
-                        set.split
-                    );
-                }
+                let c = set.channels;
+                model
+                    .config()
+                    .check_image_shape((c, set.height, set.width))
+                    .map_err(|e| {
+                        anyhow::anyhow!("{}: {e} ({} {})", path.display(), set.dataset, set.split)
+                    })?;
                 let (config, name) = match args.preset {
                     None => (
                         PgdConfig {
@@ -457,20 +410,16 @@ fn push_rows<'a>(
 
 /// Loads the split the arguments name and selects its images.
 fn load_images(args: &Args) -> Result<ImageSet> {
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(rmqm_data::default_data_dir);
     let split = args
         .split
         .clone()
         .unwrap_or_else(|| args.dataset.default_split().to_string());
-    let set = select(
-        load(args.dataset, &data_dir, &split, &LoadOptions::default())?,
-        &args.ids,
-        &args.classes,
-        args.limit,
-    )?;
+    let set = args.selection.apply(load(
+        args.dataset,
+        &args.data_dir.data_dir,
+        &split,
+        &LoadOptions::default(),
+    )?)?;
     if set.is_empty() {
         bail!("no images selected");
     }
@@ -480,7 +429,7 @@ fn load_images(args: &Args) -> Result<ImageSet> {
 /// Entry point with explicit stdio.
 pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     let args = Args::try_parse_from(&argv)?;
-    rmqm_cli::init_threads(args.threads);
+    args.threads.init();
     rmqm_cli::check_binary_output(&args.output, &stdio)?;
     let summary = Summary::start("alter");
     let set = load_images(&args)?;

@@ -12,7 +12,7 @@ mod tables;
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use rmqm_cli::{Summary, base_provenance};
+use rmqm_cli::{Summary, ThreadsArg, base_provenance};
 use rmqm_correlate::{
     Inclusion, Normalise, Options, PoolTasks, ProbeRow, Scope, StatsRow, Study, analyse,
     method_summaries,
@@ -74,9 +74,9 @@ pub struct Args {
     /// Skip the leave-one-model-out refits of the fitted weights.
     #[arg(long)]
     pub no_loo: bool,
-    /// Worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Worker threads.
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 /// The inputs, read and checked.
@@ -161,7 +161,7 @@ fn headline(study: &Study) -> String {
 /// Entry point.
 pub fn run(argv: Vec<String>) -> Result<()> {
     let args = Args::try_parse_from(&argv)?;
-    rmqm_cli::init_threads(args.threads);
+    args.threads.init();
     let summary = Summary::start("correlate");
     let inputs = read_inputs(&args)?;
     let study = analyse(&inputs.stats, &inputs.probes, &options(&args));

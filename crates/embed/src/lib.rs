@@ -2,13 +2,13 @@
 //! (the same keys, an embedding per row); from a dataset split it writes that split's embeddings.
 //! Streams batch by batch: memory is bounded by the batch size.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::Parser;
 use rmqm_artifacts::{
     Input, Output, Provenance, VectorBatch, VectorKind, VectorReader, VectorWriter, keys,
 };
-use rmqm_cli::{Stdio, Summary, base_provenance};
+use rmqm_cli::{DataDirArg, SelectionArgs, Stdio, Summary, ThreadsArg, base_provenance};
 use rmqm_data::{Dataset, ImageSet, LoadOptions, load};
 use rmqm_models::{Encoder, ModelConfig};
 use std::path::PathBuf;
@@ -37,27 +37,24 @@ pub struct Args {
     /// Embed this dataset split instead of a stream.
     #[arg(long)]
     pub dataset: Option<Dataset>,
-    /// Folder holding the datasets (default: $DATA_DIR, then data/).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    /// Where the datasets are.
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
     /// Split of --dataset (default: the dataset's held-out split).
     #[arg(long)]
     pub split: Option<String>,
-    /// Only the first N images of --dataset.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Only these classes of --dataset (labels kept), comma separated.
-    #[arg(long, value_delimiter = ',')]
-    pub classes: Vec<i32>,
+    /// Which images of --dataset (labels kept).
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Omniglot: keep strokes dark on white (default: inverted, strokes bright like MNIST).
     #[arg(long)]
     pub no_invert: bool,
     /// Images per forward pass.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
-    /// Worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Worker threads.
+    #[command(flatten)]
+    pub threads: ThreadsArg,
     /// Output: a Parquet file, or - for Arrow IPC on stdout.
     #[arg(short, long, value_parser = rmqm_cli::parse_output)]
     pub output: Output,
@@ -92,10 +89,6 @@ struct Written {
 
 /// The dataset split the arguments select, checked against the model's input shape.
 fn dataset_images(args: &Args, dataset: Dataset, mc: &ModelConfig) -> Result<(ImageSet, String)> {
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(rmqm_data::default_data_dir);
     let split = args
         .split
         .clone()
@@ -104,28 +97,11 @@ fn dataset_images(args: &Args, dataset: Dataset, mc: &ModelConfig) -> Result<(Im
         invert_omniglot: !args.no_invert,
         ..Default::default()
     };
-    let mut set = load(dataset, &data_dir, &split, &options)?;
-    if !args.classes.is_empty() {
-        let keep: Vec<usize> = (0..set.len())
-            .filter(|&i| args.classes.contains(&set.labels[i]))
-            .collect();
-        set = set.select(&keep);
-    }
-    if let Some(n) = args.limit {
-        set.truncate(n);
-    }
-    if (mc.channels, mc.height, mc.width) != (set.channels, set.height, set.width) {
-        bail!(
-            "{}: the model takes {}x{}x{} images but {dataset} {split} has {}x{}x{}",
-            args.model.display(),
-            mc.channels,
-            mc.height,
-            mc.width,
-            set.channels,
-            set.height,
-            set.width
-        );
-    }
+    let set = args
+        .selection
+        .apply(load(dataset, &args.data_dir.data_dir, &split, &options)?)?;
+    mc.check_image_shape((set.channels, set.height, set.width))
+        .map_err(|e| anyhow::anyhow!("{}: {e} ({dataset} {split})", args.model.display()))?;
     Ok((set, split))
 }
 
@@ -194,18 +170,8 @@ fn embed_stream(
         ip.require_usize(keys::HEIGHT, reader.path())?,
         ip.require_usize(keys::WIDTH, reader.path())?,
     );
-    if shape != (mc.channels, mc.height, mc.width) {
-        bail!(
-            "{}: the model takes {}x{}x{} images but {input} holds {}x{}x{}",
-            args.model.display(),
-            mc.channels,
-            mc.height,
-            mc.width,
-            shape.0,
-            shape.1,
-            shape.2
-        );
-    }
+    mc.check_image_shape(shape)
+        .map_err(|e| anyhow::anyhow!("{}: {e} ({input})", args.model.display()))?;
     // The stream's facts (dataset, alteration, seed, steps) carry over; the model's replace any
     // the stream had (a PGD stream names the attacked model, which may differ).
     for (k, v) in ip.iter() {
@@ -247,7 +213,7 @@ fn embed_stream(
 /// Entry point with explicit stdio.
 pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     let args = Args::try_parse_from(&argv)?;
-    rmqm_cli::init_threads(args.threads);
+    args.threads.init();
     rmqm_cli::check_binary_output(&args.output, &stdio)?;
     let summary = Summary::start("embed");
     let model = Encoder::load(&args.model, DType::F32, &rmqm_models::device(), false)

@@ -8,7 +8,7 @@ use rmqm_artifacts::{
     ArtifactWriter, Column, Input, KeyNeeds, Output, Provenance, Table, VectorBatch, VectorKind,
     VectorReader, keys, write_table,
 };
-use rmqm_cli::{ModelIdentity, Stdio, Summary, base_provenance};
+use rmqm_cli::{ModelIdentity, Stdio, Summary, ThreadsArg, base_provenance};
 use rmqm_manifold::{
     AlphaReq, CURVE_NAMES, Convention, ConventionSummary, CurveAccumulator, ImageTerms,
     ImageTrajectory, Lidar, LidarAccumulator, LidarConfig, SpectrumAccumulator, StatsAccumulator,
@@ -86,9 +86,9 @@ pub struct Args {
     /// Who the trajectories belong to, for files without rmqm metadata.
     #[command(flatten)]
     pub identity: ModelIdentity,
-    /// Worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Worker threads.
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 /// Whether LiDAR is measured: asked for, or implied by an augment walk's metadata; asking for it
@@ -313,7 +313,7 @@ impl Measured {
 /// Runs the tool and returns what it measured.
 pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
     let args = Args::try_parse_from(&argv)?;
-    rmqm_cli::init_threads(args.threads);
+    args.threads.init();
     for out in [
         Some(&args.output),
         args.curves.as_ref(),

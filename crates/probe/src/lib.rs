@@ -6,7 +6,7 @@ use rmqm_artifacts::{
     Column, Input, KeyNeeds, Output, Provenance, Table, VectorBatch, VectorKind, VectorReader,
     keys, write_table,
 };
-use rmqm_cli::{ModelIdentity, Stdio, Summary, base_provenance};
+use rmqm_cli::{ModelIdentity, Stdio, Summary, ThreadsArg, base_provenance};
 use rmqm_probe::{LinearProbeConfig, Metric, accuracy, fit_linear_probe, knn_predict_many};
 use std::time::Instant;
 
@@ -76,9 +76,9 @@ pub struct Args {
     /// Who the embeddings belong to, for files without rmqm metadata.
     #[command(flatten)]
     pub identity: ModelIdentity,
-    /// Worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Worker threads.
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 /// Entry point with the process's stdio.
@@ -324,7 +324,7 @@ fn results_table(d: &ProbeData, downstream: &str, rows: &[TaskResult]) -> Table 
 /// Entry point with explicit stdio.
 pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     let args = Args::try_parse_from(&argv)?;
-    rmqm_cli::init_threads(args.threads);
+    args.threads.init();
     rmqm_cli::check_binary_output(&args.output, &stdio)?;
     let summary = Summary::start("probe");
     if args.knn.is_empty() && !args.linear {

@@ -228,6 +228,56 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Where the datasets are (`--data-dir`, or `$DATA_DIR`, as `--help` shows).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct DataDirArg {
+    /// Folder holding the datasets, one folder each, laid out as their publishers distribute them.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: std::path::PathBuf,
+}
+
+/// Which images of a split: by class, by id, then the first N.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct SelectionArgs {
+    /// Only images of these classes, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Vec<i32>,
+    /// Only these image ids (indices in the split's source order), comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Vec<u32>,
+    /// Only the first N images (after --classes and --ids).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+impl SelectionArgs {
+    /// The selected images of `set` (see [`rmqm_data::Selection`]).
+    pub fn apply(&self, set: rmqm_data::ImageSet) -> anyhow::Result<rmqm_data::ImageSet> {
+        rmqm_data::Selection {
+            classes: self.classes.clone(),
+            ids: self.ids.clone(),
+            limit: self.limit,
+        }
+        .apply(set)
+        .map_err(anyhow::Error::msg)
+    }
+}
+
+/// Worker threads of a tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct ThreadsArg {
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl ThreadsArg {
+    /// Sets up the worker pool ([`init_threads`]).
+    pub fn init(&self) {
+        init_threads(self.threads);
+    }
+}
+
 /// Who a result belongs to, for inputs without rmqm metadata (embeddings written by other tools).
 /// Each flag overrides the input's metadata; without either the model id is the input file's name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
@@ -311,8 +361,10 @@ mod tests {
 
     #[test]
     fn terminal_output_is_refused_and_broken_pipes_are_recognised() {
-        let mut stdio = Stdio::default();
-        stdio.stdout_is_terminal = true;
+        let mut stdio = Stdio {
+            stdout_is_terminal: true,
+            ..Stdio::default()
+        };
         assert!(check_binary_output(&Output::Stdout, &stdio).is_err());
         assert!(check_binary_output(&Output::Path("x.parquet".into()), &stdio).is_ok());
         stdio.stdout_is_terminal = false;

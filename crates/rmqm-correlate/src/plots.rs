@@ -268,6 +268,26 @@ where
     root.present().map_err(|e| e.to_string())
 }
 
+/// Draws with `draw` into an RGB buffer and writes it as a PNG with the image crate (plotters'
+/// own encoder would build a second, older image crate).
+fn write_png(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), PlotError>,
+) -> Result<(), PlotError> {
+    let mut buffer = vec![0u8; size.0 as usize * size.1 as usize * 3];
+    draw(BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area())?;
+    image::save_buffer_with_format(
+        path,
+        &buffer,
+        size.0,
+        size.1,
+        image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Size of every figure in pixels.
 const SIZE: (u32, u32) = (900, 600);
 
@@ -289,11 +309,7 @@ pub fn line_chart(stem: &Path, text: &ChartText, series: &[Line]) -> Result<(), 
     fonts();
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
-    full_lines(
-        BitMapBackend::new(&png, SIZE).into_drawing_area(),
-        text,
-        series,
-    )?;
+    write_png(&png, SIZE, |area| full_lines(area, text, series))?;
     full_lines(
         SVGBackend::new(&svg, SIZE).into_drawing_area(),
         text,
@@ -359,12 +375,7 @@ pub fn panel_chart(
     let size = (columns * PANEL_SIZE.0, rows * PANEL_SIZE.1 + 40);
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
-    panels(
-        BitMapBackend::new(&png, size).into_drawing_area(),
-        title,
-        text,
-        parts,
-    )?;
+    write_png(&png, size, |area| panels(area, title, text, parts))?;
     panels(
         SVGBackend::new(&svg, size).into_drawing_area(),
         title,
@@ -382,11 +393,7 @@ pub fn scatter_chart(
     fonts();
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
-    draw_scatter(
-        BitMapBackend::new(&png, SIZE).into_drawing_area(),
-        text,
-        groups,
-    )?;
+    write_png(&png, SIZE, |area| draw_scatter(area, text, groups))?;
     draw_scatter(
         SVGBackend::new(&svg, SIZE).into_drawing_area(),
         text,

@@ -102,3 +102,54 @@ impl ImageSet {
         out
     }
 }
+
+/// Which images of a split a tool works on: images of `classes` (labels kept), then the images
+/// `ids` names (every id must exist), then the first `limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Only these classes (empty: all).
+    pub classes: Vec<i32>,
+    /// Only these image ids (empty: all).
+    pub ids: Vec<u32>,
+    /// Only the first N.
+    pub limit: Option<usize>,
+}
+
+impl Selection {
+    /// The selected images of `set`, in source order; an unknown id is an error naming the split.
+    pub fn apply(&self, set: ImageSet) -> Result<ImageSet, String> {
+        let set = if self.classes.is_empty() {
+            set
+        } else {
+            let keep: Vec<usize> = (0..set.len())
+                .filter(|&i| self.classes.contains(&set.labels[i]))
+                .collect();
+            set.select(&keep)
+        };
+        let mut set = if self.ids.is_empty() {
+            set
+        } else {
+            let mut idx = Vec::with_capacity(self.ids.len());
+            for &id in &self.ids {
+                match set.ids.iter().position(|&x| x == id) {
+                    Some(i) => idx.push(i),
+                    None => {
+                        return Err(format!(
+                            "{} {}: unknown image id {id} (ids are 0..{})",
+                            set.dataset,
+                            set.split,
+                            set.len()
+                        ));
+                    }
+                }
+            }
+            idx.sort_unstable();
+            idx.dedup();
+            set.select(&idx)
+        };
+        if let Some(n) = self.limit {
+            set.truncate(n);
+        }
+        Ok(set)
+    }
+}

@@ -20,7 +20,7 @@ pub use cifar::{CifarLayout, load_cifar10, load_cifar100, parse_cifar_records};
 pub use dataset::{Dataset, LoadOptions, default_data_dir, load};
 pub use error::DataError;
 pub use idx::{IdxImages, load_idx_pair, read_idx_images, read_idx_labels};
-pub use image_set::ImageSet;
+pub use image_set::{ImageSet, Selection};
 pub use omniglot::load_omniglot;
 pub use resize::{RESIZE_FILTER, resize_grey, resize_rgb};
 pub use split::{SplitIndices, stratified_split};

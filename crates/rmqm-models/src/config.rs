@@ -143,6 +143,18 @@ fn list(v: &[f32]) -> String {
 }
 
 impl ModelConfig {
+    /// Ok when the model takes images of `(channels, height, width)`; else what it takes instead.
+    pub fn check_image_shape(&self, shape: (usize, usize, usize)) -> Result<(), String> {
+        if (self.channels, self.height, self.width) == shape {
+            Ok(())
+        } else {
+            Err(format!(
+                "the model takes {}x{}x{} images, not {}x{}x{}",
+                self.channels, self.height, self.width, shape.0, shape.1, shape.2
+            ))
+        }
+    }
+
     /// The config as `rmqm.`-prefixed metadata entries.
     pub fn to_metadata(&self) -> HashMap<String, String> {
         let mut m = HashMap::new();

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::DType;
 use clap::Parser;
 use rmqm_artifacts::{Column, Output, Table, keys, write_table};
-use rmqm_cli::{Summary, base_provenance};
+use rmqm_cli::{DataDirArg, SelectionArgs, Summary, ThreadsArg, base_provenance};
 use rmqm_data::{Dataset, ImageSet, LoadOptions, load};
 use rmqm_models::{Arch, Encoder, Method, ModelConfig, OptimizerKind, dataset_normalisation};
 use rmqm_train::{StepLog, TrainOptions, train};
@@ -31,18 +31,15 @@ pub struct Args {
     /// Dataset to train on.
     #[arg(long, default_value = "mnist")]
     pub dataset: Dataset,
-    /// Folder holding the datasets (default: $DATA_DIR, then data/).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    /// Where the datasets are.
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
     /// Split to train on.
     #[arg(long, default_value = "train")]
     pub split: String,
-    /// Train only on these classes (relabelled 0.. in the given order), e.g. 0,1,2,3,4.
-    #[arg(long, value_delimiter = ',')]
-    pub classes: Vec<i32>,
-    /// Use only the first N training images (after --classes).
-    #[arg(long)]
-    pub limit: Option<usize>,
+    /// Which training images (--classes are relabelled 0.. in the given order).
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Architecture (default: lenet5 for grey images, resnet18 for colour).
     #[arg(long)]
     pub arch: Option<Arch>,
@@ -76,9 +73,9 @@ pub struct Args {
     /// Seed of initialisation, shuffling and augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Worker threads.
+    #[command(flatten)]
+    pub threads: ThreadsArg,
     /// Model id recorded in every artifact (default: the output file's stem).
     #[arg(long)]
     pub model_id: Option<String>,
@@ -98,12 +95,15 @@ pub struct Args {
 
 /// The training images the arguments select.
 fn training_data(args: &Args, data_dir: &std::path::Path) -> Result<ImageSet> {
-    let mut data = load(args.dataset, data_dir, &args.split, &LoadOptions::default())?;
-    if !args.classes.is_empty() {
-        data = data.keep_classes(&args.classes);
-    }
-    if let Some(n) = args.limit {
-        data.truncate(n);
+    let mut data = args.selection.apply(load(
+        args.dataset,
+        data_dir,
+        &args.split,
+        &LoadOptions::default(),
+    )?)?;
+    if !args.selection.classes.is_empty() {
+        // The head has one output per selected class: labels 0.. in the order given.
+        data = data.keep_classes(&args.selection.classes);
     }
     if data.len() < 2 {
         bail!(
@@ -152,11 +152,7 @@ fn model_config(args: &Args, data: &ImageSet) -> ModelConfig {
         width: data.width,
         mean,
         std,
-        classes: data.n_classes().max(if args.classes.is_empty() {
-            0
-        } else {
-            args.classes.len()
-        }),
+        classes: data.n_classes().max(args.selection.classes.len()),
         batch_size: args.batch_size,
         accumulate: args.accumulate,
         learning_rate: args.lr,
@@ -204,10 +200,10 @@ fn evaluate(args: &Args, model: &Encoder, data_dir: &std::path::Path) -> Result<
         &args.eval_split,
         &LoadOptions::default(),
     )?;
-    let test = if args.classes.is_empty() {
+    let test = if args.selection.classes.is_empty() {
         test
     } else {
-        test.keep_classes(&args.classes)
+        test.keep_classes(&args.selection.classes)
     };
     let accuracy = model
         .classify_pixels(&test.pixels, test.len(), 512)?
@@ -276,15 +272,12 @@ fn write_log(
 /// Entry point.
 pub fn run(argv: Vec<String>) -> Result<()> {
     let args = Args::try_parse_from(&argv)?;
-    rmqm_cli::init_threads(args.threads);
+    args.threads.init();
     let summary = Summary::start("train-encoder");
     if args.dim == 0 || args.batch_size == 0 || args.accumulate == 0 {
         bail!("--dim, --batch-size and --accumulate must be at least 1");
     }
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(rmqm_data::default_data_dir);
+    let data_dir = args.data_dir.data_dir.clone();
     let data = training_data(&args, &data_dir)?;
     let config = model_config(&args, &data);
     let model = Encoder::init(config.clone(), DType::F32, &rmqm_models::device(), true)?;
