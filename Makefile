@@ -5,7 +5,8 @@
 #   make paper-mnist     LeNet-5 on MNIST, the paper's grid (DATA_DIR=... or make data first)
 #   make paper-cifar     ResNet-18 on CIFAR-10
 #   make seeds-mnist     the seed study: the MNIST grid at dim 64 with seeds 0 1 2
-#   make paper           both tracks, then one report pooling them (OUT/paper/report)
+#   make paper-mnist-report   the report again from the committed results/ (correlate only)
+#   make paper           both tracks, then one report pooling them (RESULTS/paper/report)
 #   make bench           every stage's benchmark in one table
 #   make data            download the datasets (with checksums) into DATA_DIR
 #
@@ -36,11 +37,11 @@ OPTIMIZERS ?= sgd adam
 SEEDS ?= 0
 N_TEST ?= 10000
 
-.PHONY: all build test lint bench data demo demo-ci paper paper-mnist paper-cifar seeds-mnist clean-demo help
+.PHONY: all build test lint bench data demo demo-ci paper paper-mnist paper-cifar seeds-mnist paper-mnist-report seeds-mnist-report clean-demo help
 all: help
 
 help:
-	@sed -n '2,15p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,16p' Makefile | sed 's/^# \{0,1\}//'
 
 build:
 	$(CARGO) build --profile $(PROFILE) --workspace --bins

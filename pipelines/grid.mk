@@ -99,6 +99,13 @@ $$($(1)_OUT)/report/report.md: $$($(1)_STATS) $$($(1)_CURVES) $$($(1)_PROBES) | 
 	@mkdir -p $$(@D)
 	$(BIN)/correlate --stats $$($(1)_STATS) --probes $$($(1)_PROBES) --curves $$($(1)_CURVES) $$($(1)_CORRELATE_ARGS) --threads $(THREADS) -o $$(@D)
 
+# The report again from the stats, curves and probes already in G_OUT (a fresh clone's committed
+# results): correlate alone, nothing is trained or walked.
+.PHONY: $(1)-report
+$(1)-report: | $(BUILD_STAMP)
+	@mkdir -p $$($(1)_OUT)/report
+	$(BIN)/correlate --stats $$(wildcard $$($(1)_STATS)) --probes $$(wildcard $$($(1)_PROBES)) --curves $$(wildcard $$($(1)_CURVES)) $$($(1)_CORRELATE_ARGS) --threads $(THREADS) -o $$($(1)_OUT)/report
+
 # The results folder records the settings it was made with; other settings are refused.
 .PHONY: $(1) $(1)-plan $(1)-check-config
 $(1)-check-config:

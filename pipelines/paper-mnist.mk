@@ -38,3 +38,4 @@ MNIST_PROBE_SECONDS ?= 1.5
 $(eval $(call GRID,MNIST))
 
 paper-mnist: $(call grid_goal,MNIST)
+paper-mnist-report: MNIST-report

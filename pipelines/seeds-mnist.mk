@@ -17,3 +17,4 @@ $(foreach v,DATA_DIR DATASET TRAIN_ARGS TEST_SPLIT ALTER_ARGS EPOCHS N_TEST NOIS
 $(eval $(call GRID,SEEDMNIST))
 
 seeds-mnist: $(call grid_goal,SEEDMNIST)
+seeds-mnist-report: SEEDMNIST-report

@@ -15,7 +15,7 @@ use clap::Parser;
 use rmqm_cli::{Summary, ThreadsArg, base_provenance};
 use rmqm_correlate::{
     Inclusion, Normalise, Options, PoolTasks, ProbeRow, Scope, StatsRow, Study, analyse,
-    method_summaries,
+    dim_summaries, method_summaries,
 };
 use std::path::PathBuf;
 
@@ -172,6 +172,7 @@ pub fn run(argv: Vec<String>) -> Result<()> {
     let provenance = base_provenance("correlate", &argv);
     let convention = table_convention(&inputs.stats);
     let methods = method_summaries(&inputs.stats, args.min_dim, &convention);
+    let dims = dim_summaries(&inputs.stats, &convention);
     let tables = tables::write_all(
         &tables::TableWriter {
             dir,
@@ -179,6 +180,7 @@ pub fn run(argv: Vec<String>) -> Result<()> {
         },
         &study,
         &methods,
+        &dims,
         &convention,
     )?;
     let figures: Vec<(String, String)> = figures::draw_all(

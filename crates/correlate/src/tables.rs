@@ -3,7 +3,7 @@
 use anyhow::Result;
 use rmqm_artifacts::{Column, Output, Provenance, Table, keys, write_table};
 use rmqm_correlate::{
-    AblationRow, CorrelationRow, GranulatedRow, LeaderRow, MethodSummary, ModelStatus,
+    AblationRow, CorrelationRow, DimSummary, GranulatedRow, LeaderRow, MethodSummary, ModelStatus,
     SeedSpreadRow, Study, WeightRow,
 };
 use std::path::Path;
@@ -230,6 +230,25 @@ pub fn method_table(rows: &[MethodSummary], columns: &[&str]) -> Table {
     t
 }
 
+/// Metrics per (track, method, dimension, walk).
+pub fn by_dim(rows: &[DimSummary]) -> Table {
+    let value = |r: &DimSummary, c: &str| r.values.get(c).map_or(f64::NAN, |v| v.mean);
+    let sd = |r: &DimSummary, c: &str| r.values.get(c).map_or(f64::NAN, |v| v.sd);
+    Columns::new(rows)
+        .text("train_dataset", |r| r.train_dataset.clone())
+        .text("alteration", |r| r.alteration.clone())
+        .text("method", |r| r.method.clone())
+        .int("dim", |r| r.dim)
+        .int("models", |r| r.models as i64)
+        .float("D", |r| value(r, "D"))
+        .float("D_sd", |r| sd(r, "D"))
+        .float("D_RC", |r| value(r, "D_RC"))
+        .float("P_RC", |r| value(r, "P_RC"))
+        .float("RMQM", |r| value(r, "RMQM"))
+        .float("RMQM_sd", |r| sd(r, "RMQM"))
+        .done()
+}
+
 /// Every model, with why it is left out and what it lacks.
 pub fn models(rows: &[ModelStatus]) -> Table {
     let yes = |b: bool, no: &str| if b { "yes".to_string() } else { no.to_string() };
@@ -256,6 +275,7 @@ pub fn write_all(
     w: &TableWriter,
     study: &Study,
     methods: &[MethodSummary],
+    dims: &[DimSummary],
     convention: &str,
 ) -> Result<Vec<(&'static str, String)>> {
     let mut written = Vec::new();
@@ -315,6 +335,14 @@ pub fn write_all(
         format!("Table 2: spike metrics per method (mean ± sd, {convention} convention)"),
         "",
         method_table(methods, &["D_RC", "P_RC"]),
+    )?;
+    put(
+        "table_by_dim",
+        format!(
+            "D, spikes and RMQM per method and embedding dimension (mean over optimizers and seeds, {convention} convention)"
+        ),
+        "",
+        by_dim(dims),
     )?;
     put(
         "models",

@@ -34,4 +34,6 @@ pub use study::{
     AblationRow, Correlation, CorrelationRow, GranulatedRow, LEVEL, LeaderRow, ModelStatus,
     Options, ScatterSeries, Study, WeightRow, analyse,
 };
-pub use summaries::{MeanSd, MethodSummary, method_label, method_summaries};
+pub use summaries::{
+    DimSummary, MeanSd, MethodSummary, dim_summaries, method_label, method_summaries,
+};

@@ -98,3 +98,59 @@ pub fn method_summaries(stats: &[StatsRow], min_dim: i64, convention: &str) -> V
         })
         .collect()
 }
+
+/// One (track, method, dimension, walk) cell: the metrics averaged over optimizers and seeds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DimSummary {
+    /// The track (train dataset).
+    pub train_dataset: String,
+    /// The method (`<method> (random init)` for baselines).
+    pub method: String,
+    /// Embedding dimension.
+    pub dim: i64,
+    /// The alteration.
+    pub alteration: String,
+    /// Models averaged.
+    pub models: usize,
+    /// Metric column -> mean and sd over the cell's models (D, D_RC, P_RC, RMQM).
+    pub values: BTreeMap<String, MeanSd>,
+}
+
+/// D, D_RC, P_RC and RMQM per (track, method, dimension, walk) in `convention`, augment walks
+/// aside: the numbers behind the per-dimension figures and the paper's per-dimension claims.
+pub fn dim_summaries(stats: &[StatsRow], convention: &str) -> Vec<DimSummary> {
+    let mut cells: BTreeMap<(String, String, i64, String), Vec<&StatsRow>> = BTreeMap::new();
+    for r in stats
+        .iter()
+        .filter(|r| r.convention == convention && r.alteration != "augment")
+    {
+        cells
+            .entry((
+                r.key.train_dataset.clone(),
+                method_label(r),
+                r.dim,
+                r.alteration.clone(),
+            ))
+            .or_default()
+            .push(r);
+    }
+    cells
+        .into_iter()
+        .map(
+            |((train_dataset, method, dim, alteration), rows)| DimSummary {
+                train_dataset,
+                method,
+                dim,
+                alteration,
+                models: rows.len(),
+                values: ["D", "D_RC", "P_RC", "RMQM"]
+                    .iter()
+                    .filter_map(|c| {
+                        let v: Vec<f64> = rows.iter().map(|r| r.metric(c)).collect();
+                        MeanSd::of(&v).map(|m| (c.to_string(), m))
+                    })
+                    .collect(),
+            },
+        )
+        .collect()
+}
