@@ -4,7 +4,7 @@
 use crate::{ArtifactError, Input, Provenance};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -74,7 +74,9 @@ impl ArtifactReader {
                 file.seek(SeekFrom::Start(0))
                     .map_err(|e| ArtifactError::io(p, e))?;
                 match format {
-                    Format::Parquet => Self::parquet(path, file, batch_rows),
+                    Format::Parquet => {
+                        Self::parquet(path, ParquetSource::File(p.clone()), file, batch_rows)
+                    }
                     Format::IpcFile => {
                         let r = arrow_ipc::reader::FileReader::try_new(BufReader::new(file), None)
                             .map_err(|e| ArtifactError::corrupt(&path, e))?;
@@ -109,7 +111,12 @@ impl ArtifactReader {
                             .map_err(|e| ArtifactError::io(&path, e))?;
                         let bytes = bytes::Bytes::from(bytes);
                         if format == Format::Parquet {
-                            Self::parquet(path, bytes, batch_rows)
+                            Self::parquet(
+                                path,
+                                ParquetSource::Bytes(bytes.clone()),
+                                bytes,
+                                batch_rows,
+                            )
                         } else {
                             let r = arrow_ipc::reader::FileReader::try_new(
                                 std::io::Cursor::new(bytes),
@@ -133,15 +140,16 @@ impl ArtifactReader {
 
     fn parquet<T: parquet::file::reader::ChunkReader + 'static>(
         path: PathBuf,
-        source: T,
+        source: ParquetSource,
+        first: T,
         batch_rows: usize,
     ) -> Result<Self, ArtifactError> {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(source)
+        let metadata = ArrowReaderMetadata::load(&first, Default::default())
             .map_err(|e| ArtifactError::corrupt(&path, e))?;
-        let rows = builder.metadata().file_metadata().num_rows() as usize;
-        let mut schema = builder.schema().clone();
+        let rows = metadata.metadata().file_metadata().num_rows() as usize;
+        let mut schema = metadata.schema().clone();
         // Parquet key-value metadata may hold entries the Arrow schema lacks (files from other writers).
-        if let Some(kv) = builder.metadata().file_metadata().key_value_metadata() {
+        if let Some(kv) = metadata.metadata().file_metadata().key_value_metadata() {
             let mut md = schema.metadata().clone();
             for e in kv {
                 if e.key.starts_with(crate::METADATA_PREFIX) {
@@ -154,15 +162,28 @@ impl ArtifactReader {
             }
             schema = std::sync::Arc::new(schema.as_ref().clone().with_metadata(md));
         }
-        let reader = builder
-            .with_batch_size(batch_rows.max(1))
-            .build()
-            .map_err(|e| ArtifactError::corrupt(&path, e))?;
+        let row_groups = metadata.metadata().num_row_groups();
+        let workers = decode_threads().min(row_groups);
+        let batches: BatchIter = if workers > 1 {
+            Box::new(ParallelRowGroups::start(
+                source,
+                metadata,
+                batch_rows.max(1),
+                workers,
+            ))
+        } else {
+            Box::new(
+                ParquetRecordBatchReaderBuilder::new_with_metadata(first, metadata)
+                    .with_batch_size(batch_rows.max(1))
+                    .build()
+                    .map_err(|e| ArtifactError::corrupt(&path, e))?,
+            )
+        };
         Ok(Self::assemble(
             path,
             Format::Parquet,
             schema,
-            Box::new(reader),
+            batches,
             Some(rows),
         ))
     }
@@ -227,6 +248,130 @@ impl ArtifactReader {
             None => Ok(None),
             Some(Ok(b)) => Ok(Some(b)),
             Some(Err(e)) => Err(ArtifactError::corrupt(&self.path, e)),
+        }
+    }
+}
+
+/// Where a Parquet file's bytes are, so each decoding thread can read them on its own: a path to
+/// open again (one file offset per thread), or the bytes of stdin.
+#[derive(Clone)]
+enum ParquetSource {
+    File(PathBuf),
+    Bytes(bytes::Bytes),
+}
+
+/// Threads that decode Parquet row groups: the tool's thread count (`RAYON_NUM_THREADS`, which
+/// every tool sets from `--threads`), else the cores, at most 4.
+fn decode_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, 4)
+}
+
+type RowGroupBatches = Result<Vec<RecordBatch>, arrow_schema::ArrowError>;
+
+/// Row groups decoded on several threads and yielded in file order: worker k decodes row groups
+/// k, k + K, k + 2K, ... and hands each to the reader through its own one-slot channel, so at most
+/// two row groups per worker are in memory and the order needs no buffer.
+struct ParallelRowGroups {
+    receivers: Vec<std::sync::mpsc::Receiver<RowGroupBatches>>,
+    next_row_group: usize,
+    row_groups: usize,
+    ready: std::collections::VecDeque<RecordBatch>,
+}
+
+impl ParallelRowGroups {
+    fn start(
+        source: ParquetSource,
+        metadata: ArrowReaderMetadata,
+        batch_rows: usize,
+        workers: usize,
+    ) -> Self {
+        let row_groups = metadata.metadata().num_row_groups();
+        let receivers = (0..workers)
+            .map(|k| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<RowGroupBatches>(1);
+                let (source, metadata) = (source.clone(), metadata.clone());
+                std::thread::spawn(move || {
+                    for rg in (k..row_groups).step_by(workers) {
+                        let decoded = decode_row_group(&source, &metadata, rg, batch_rows);
+                        let failed = decoded.is_err();
+                        if tx.send(decoded).is_err() || failed {
+                            return;
+                        }
+                    }
+                });
+                rx
+            })
+            .collect();
+        ParallelRowGroups {
+            receivers,
+            next_row_group: 0,
+            row_groups,
+            ready: Default::default(),
+        }
+    }
+}
+
+fn decode_row_group(
+    source: &ParquetSource,
+    metadata: &ArrowReaderMetadata,
+    row_group: usize,
+    batch_rows: usize,
+) -> RowGroupBatches {
+    fn read<T: parquet::file::reader::ChunkReader + 'static>(
+        chunks: T,
+        metadata: &ArrowReaderMetadata,
+        row_group: usize,
+        batch_rows: usize,
+    ) -> RowGroupBatches {
+        ParquetRecordBatchReaderBuilder::new_with_metadata(chunks, metadata.clone())
+            .with_row_groups(vec![row_group])
+            .with_batch_size(batch_rows)
+            .build()
+            .map_err(|e| arrow_schema::ArrowError::ExternalError(Box::new(e)))?
+            .collect()
+    }
+    match source {
+        ParquetSource::File(p) => {
+            let file =
+                File::open(p).map_err(|e| arrow_schema::ArrowError::ExternalError(Box::new(e)))?;
+            read(file, metadata, row_group, batch_rows)
+        }
+        ParquetSource::Bytes(b) => read(b.clone(), metadata, row_group, batch_rows),
+    }
+}
+
+impl Iterator for ParallelRowGroups {
+    type Item = Result<RecordBatch, arrow_schema::ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(b) = self.ready.pop_front() {
+                return Some(Ok(b));
+            }
+            if self.next_row_group >= self.row_groups {
+                return None;
+            }
+            let worker = self.next_row_group % self.receivers.len();
+            self.next_row_group += 1;
+            match self.receivers[worker].recv() {
+                Ok(Ok(batches)) => self.ready.extend(batches),
+                Ok(Err(e)) => {
+                    // Nothing after a failed row group.
+                    self.next_row_group = self.row_groups;
+                    return Some(Err(e));
+                }
+                Err(_) => {
+                    self.next_row_group = self.row_groups;
+                    return Some(Err(arrow_schema::ArrowError::ComputeError(
+                        "a Parquet decoding thread ended early".into(),
+                    )));
+                }
+            }
         }
     }
 }
