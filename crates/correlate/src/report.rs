@@ -292,7 +292,7 @@ fn paper_comparison(s: &mut String, study: &Study) {
         let total: f64 = w.fit.weights.iter().sum();
         let _ = writeln!(
             s,
-            "| {} | `{}` | {:.3}, {:.3}, {:.3} | {:.2}, {:.2}, {:.2} | {} | {} | {} |",
+            "| {} | `{}` | {:.2e}, {:.2e}, {:.2e} | {:.2}, {:.2}, {:.2} | {} | {} | {} |",
             w.walk.alteration,
             w.pool,
             w.fit.weights[0],
