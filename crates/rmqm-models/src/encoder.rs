@@ -275,17 +275,24 @@ impl Encoder {
     }
 
     /// Every named tensor, as saved.
-    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         self.store.named_tensors()
     }
 
-    /// Saves the model as safetensors (f32) with the config in the metadata; atomic (temp + rename).
+    /// Saves the model as safetensors (parameters and running statistics f32, batch-norm counters
+    /// int64, as in a PyTorch state dict) with the config in the metadata; atomic (temp + rename).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let tensors: Vec<(String, Tensor)> = self
             .named_tensors()
-            .into_iter()
-            .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?)))
-            .collect::<Result<_>>()
+            .and_then(|named| {
+                named
+                    .into_iter()
+                    .map(|(n, t)| match t.dtype().is_float() {
+                        true => Ok((n, t.to_dtype(DType::F32)?)),
+                        false => Ok((n, t)),
+                    })
+                    .collect()
+            })
             .map_err(std::io::Error::other)?;
         let bytes = safetensors::tensor::serialize(
             tensors.iter().map(|(n, t)| (n.as_str(), t)),
