@@ -227,7 +227,7 @@ impl Encoder {
         &mut self.config
     }
 
-    /// Embeddings (n, dim) of pixels in [0,1] shaped (n, c, h, w); `train` selects batch-norm mode.
+    /// Embeddings (n, dim) of pixels in `[0, 1]` shaped (n, c, h, w); `train` selects batch-norm mode.
     pub fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = x.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
         let features = match &self.body {
@@ -346,7 +346,7 @@ impl Encoder {
 }
 
 impl Encoder {
-    /// Embeds `n` images given as contiguous pixels (n * c * h * w, in [0,1]) in eval mode, in
+    /// Embeds `n` images given as contiguous pixels (n * c * h * w, in `[0, 1]`) in eval mode, in
     /// batches of `batch_size`; returns n * dim values.
     pub fn embed_pixels(&self, pixels: &[f32], n: usize, batch_size: usize) -> Result<Vec<f32>> {
         let cfg = &self.config;

@@ -88,7 +88,7 @@ pub fn batch_norm_forward<T: Real>(
     (channel_affine(x, &scale_t, &shift_t, c, hw, relu), state)
 }
 
-/// y = x * scale[c] + shift[c] per channel of an NCHW tensor, then ReLU if `relu`.
+/// `y = x * scale[c] + shift[c]` per channel of an NCHW tensor, then ReLU if `relu`.
 pub fn channel_affine<T: Real>(
     x: &[T],
     scale: &[T],

@@ -5,7 +5,7 @@
 //! gradients during PGD, no image gradient during training).
 //!
 //! The ops use the kernels, never the reverse. Every op's CPU forward runs its kernel through
-//! [`Map`], which picks the element type once for all of them.
+//! one dtype dispatch (`Map`, private), which picks the element type once for all of them.
 
 mod activation;
 mod batch_norm;
