@@ -2,7 +2,8 @@
 """Checks that rmqm checkpoints are PyTorch state dicts: for LeNet-5, LeNet-5 classic and ResNet-18,
 trains a model for a few steps with rmqm's tools (so that batch-norm statistics and counters move),
 builds the matching PyTorch module from the file's metadata, loads the file with
-`load_state_dict(strict=True)`, and compares PyTorch's embedding of some test images with what
+`load_state_dict(strict=True)` (with the module's own state-dict version, so that a missing
+`num_batches_tracked` is refused as `safetensors.torch.load_model` refuses it), and compares PyTorch's embedding of some test images with what
 `embed` wrote for the same images (eval mode). Prints the largest absolute difference per
 architecture and fails above --tolerance.
 
@@ -14,6 +15,7 @@ and exits 0, since torch is not a dependency of rmqm. Modules here use rmqm's te
 import argparse
 import json
 import subprocess
+from collections import OrderedDict
 import sys
 import tempfile
 from pathlib import Path
@@ -155,8 +157,19 @@ class Model(nn.Module):
         return self.encoder((x - self.mean) * self.inv_std)
 
 
+def as_state_dict(tensors, net):
+    """The tensors as a state dict with `net`'s own version metadata, as `net.state_dict()` has it:
+    without it PyTorch treats the dict as written before version 2 of BatchNorm and fills in a
+    missing `num_batches_tracked` instead of refusing the file under strict=True."""
+    state = OrderedDict(tensors)
+    state._metadata = net.state_dict()._metadata
+    return state
+
+
 def run(cmd):
-    subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"check_pytorch: {' '.join(str(c) for c in cmd)} failed:\n{done.stderr}")
 
 
 def check(arch, args, work):
@@ -173,7 +186,7 @@ def check(arch, args, work):
 
     tensors, meta = read_safetensors(model)
     net = Model(meta)
-    net.load_state_dict(tensors, strict=True)
+    net.load_state_dict(as_state_dict(tensors, net), strict=True)
     net.eval()
     images = pq.read_table(pixels).sort_by([("image_id", "ascending"), ("step", "ascending")])
     theirs = pq.read_table(embedded).sort_by([("image_id", "ascending"), ("step", "ascending")])
@@ -199,6 +212,9 @@ def main():
     ap.add_argument("--arch", nargs="+", default=["lenet5", "lenet5-classic", "resnet18"])
     args = ap.parse_args()
     torch.set_num_threads(1)
+    for tool in ("train-encoder", "alter", "embed"):
+        if not (args.bin / tool).exists():
+            sys.exit(f"check_pytorch: no {args.bin / tool}; build the tools first (make build)")
     worst = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch:
