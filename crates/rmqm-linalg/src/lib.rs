@@ -28,7 +28,9 @@ pub fn matmul(
         .zip(a.par_chunks(block * k))
         .for_each(|(c_blk, a_blk)| {
             let rows = a_blk.len() / k.max(1);
-            // SAFETY: as above.
+            // SAFETY: c and a are cut into the same number of row blocks (block * n and block * k
+            // elements), so a_blk holds rows x k and c_blk rows x n elements, row-major; b holds
+            // k x n (asserted on entry). c_blk is borrowed exclusively and overlaps neither.
             unsafe {
                 matrixmultiply::sgemm(
                     rows,
@@ -73,7 +75,9 @@ pub fn matmul_at_b(
             let r0 = p * chunk;
             let r1 = (r0 + chunk).min(k);
             let mut out = vec![0.0f32; m * n];
-            // SAFETY: a^T is read with strides (1, m) over rows r0..r1 of a.
+            // SAFETY: a is k x m and b is k x n (asserted on entry), so rows r0..r1 of each lie
+            // in a[r0 * m..] and b[r0 * n..]; a's rows are read as the m x (r1 - r0) transpose
+            // (strides 1, m), b's as (r1 - r0) x n (strides n, 1), into out, a fresh m x n vector.
             unsafe {
                 matrixmultiply::sgemm(
                     m,
@@ -105,7 +109,9 @@ pub fn matmul_at_b(
 pub fn add_gram_f64(gram: &mut [f64], x: &[f64], rows: usize, dim: usize) {
     assert_eq!(gram.len(), dim * dim);
     assert_eq!(x.len(), rows * dim);
-    // SAFETY: x^T is read with strides (1, dim); sizes checked above.
+    // SAFETY: x holds rows x dim elements (asserted above), read as its dim x rows transpose
+    // (strides 1, dim) and as itself (strides dim, 1); gram holds dim x dim (asserted above) and
+    // is borrowed exclusively, so it overlaps neither operand.
     unsafe {
         matrixmultiply::dgemm(
             dim,

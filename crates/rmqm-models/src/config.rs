@@ -105,7 +105,7 @@ pub struct ModelConfig {
     pub height: usize,
     /// Input width.
     pub width: usize,
-    /// Per-channel mean subtracted from pixels in [0,1] (part of the model).
+    /// Per-channel mean subtracted from pixels in `[0, 1]` (part of the model).
     pub mean: Vec<f32>,
     /// Per-channel standard deviation pixels are divided by (part of the model).
     pub std: Vec<f32>,
@@ -123,7 +123,7 @@ pub struct ModelConfig {
     pub margin: f64,
 }
 
-/// The standard per-channel normalisation of a dataset (mean, std), for pixels in [0,1].
+/// The standard per-channel normalisation of a dataset (mean, std), for pixels in `[0, 1]`.
 pub fn dataset_normalisation(dataset: &str, channels: usize) -> (Vec<f32>, Vec<f32>) {
     match dataset {
         "mnist" => (vec![0.1307], vec![0.3081]),

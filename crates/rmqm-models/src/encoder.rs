@@ -227,7 +227,7 @@ impl Encoder {
         &mut self.config
     }
 
-    /// Embeddings (n, dim) of pixels in [0,1] shaped (n, c, h, w); `train` selects batch-norm mode.
+    /// Embeddings (n, dim) of pixels in `[0, 1]` shaped (n, c, h, w); `train` selects batch-norm mode.
     pub fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = x.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
         let features = match &self.body {
@@ -275,17 +275,24 @@ impl Encoder {
     }
 
     /// Every named tensor, as saved.
-    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         self.store.named_tensors()
     }
 
-    /// Saves the model as safetensors (f32) with the config in the metadata; atomic (temp + rename).
+    /// Saves the model as safetensors (parameters and running statistics f32, batch-norm counters
+    /// int64, as in a PyTorch state dict) with the config in the metadata; atomic (temp + rename).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let tensors: Vec<(String, Tensor)> = self
             .named_tensors()
-            .into_iter()
-            .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?)))
-            .collect::<Result<_>>()
+            .and_then(|named| {
+                named
+                    .into_iter()
+                    .map(|(n, t)| match t.dtype().is_float() {
+                        true => Ok((n, t.to_dtype(DType::F32)?)),
+                        false => Ok((n, t)),
+                    })
+                    .collect()
+            })
             .map_err(std::io::Error::other)?;
         let bytes = safetensors::tensor::serialize(
             tensors.iter().map(|(n, t)| (n.as_str(), t)),
@@ -339,7 +346,7 @@ impl Encoder {
 }
 
 impl Encoder {
-    /// Embeds `n` images given as contiguous pixels (n * c * h * w, in [0,1]) in eval mode, in
+    /// Embeds `n` images given as contiguous pixels (n * c * h * w, in `[0, 1]`) in eval mode, in
     /// batches of `batch_size`; returns n * dim values.
     pub fn embed_pixels(&self, pixels: &[f32], n: usize, batch_size: usize) -> Result<Vec<f32>> {
         let cfg = &self.config;

@@ -1,7 +1,7 @@
 //! Layers as plain structs with `new` and `forward`, on the fast custom ops.
 
 use crate::ops;
-use crate::params::{Buffer, Init, ParamStore};
+use crate::params::{Buffer, Counter, Init, ParamStore};
 use candle_core::{D, Result, Tensor};
 
 /// A 2-D convolution with optional bias.
@@ -89,13 +89,15 @@ impl Dense {
 }
 
 /// Batch normalisation over the channels of NCHW tensors (PyTorch semantics: biased variance to
-/// normalise in training, unbiased variance in the running estimate, momentum 0.1, eps 1e-5).
+/// normalise in training, unbiased variance in the running estimate, momentum 0.1, eps 1e-5; the
+/// training-mode passes counted in `num_batches_tracked`, as PyTorch's state dict has it).
 #[derive(Debug, Clone)]
 pub struct BatchNorm2d {
     gamma: Tensor,
     beta: Tensor,
     running_mean: Buffer,
     running_var: Buffer,
+    num_batches_tracked: Counter,
     momentum: f64,
     eps: f64,
 }
@@ -108,6 +110,7 @@ impl BatchNorm2d {
             beta: store.param(&format!("{name}.bias"), c, Init::Const(0.0))?,
             running_mean: store.buffer(&format!("{name}.running_mean"), c, 0.0)?,
             running_var: store.buffer(&format!("{name}.running_var"), c, 1.0)?,
+            num_batches_tracked: store.counter(&format!("{name}.num_batches_tracked"))?,
             momentum: 0.1,
             eps: 1e-5,
         })
@@ -130,6 +133,7 @@ impl BatchNorm2d {
         }
         let (n, c, h, w) = x.dims4()?;
         if train {
+            self.count_batch();
             let (y, state) =
                 crate::ops::batch_norm_train(x, &self.gamma, &self.beta, self.eps, relu)?;
             // Running statistics move outside autograd, from the batch's mean and unbiased variance.
@@ -160,11 +164,18 @@ impl BatchNorm2d {
     }
 }
 impl BatchNorm2d {
+    /// Counts one training-mode pass (PyTorch's `num_batches_tracked`).
+    fn count_batch(&self) {
+        self.num_batches_tracked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The same normalisation on candle's own ops (the reference the benchmarks compare against).
     pub fn forward_candle_ops(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let shape = (1, c, 1, 1);
         let (mean, var) = if train {
+            self.count_batch();
             let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
             let centred = x.broadcast_sub(&mean)?;
             let var = centred

@@ -3,7 +3,6 @@
 //! in the file's metadata.
 
 pub mod config;
-pub mod conv_pool;
 mod encoder;
 pub mod kernels;
 pub mod layers;

@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// How a new parameter is initialised.
@@ -17,6 +18,10 @@ pub enum Init {
 
 /// A tensor that is updated outside autograd (batch-norm running statistics).
 pub type Buffer = Arc<Mutex<Tensor>>;
+
+/// A count saved with the model as a scalar int64 tensor (batch norm's `num_batches_tracked`,
+/// which PyTorch's `load_state_dict(strict=True)` expects).
+pub type Counter = Arc<AtomicI64>;
 
 enum Source {
     Init { seed: u64 },
@@ -32,6 +37,7 @@ pub struct ParamStore {
     params: Vec<(String, Tensor)>,
     vars: Vec<Var>,
     buffers: Vec<(String, Buffer)>,
+    counters: Vec<(String, Counter)>,
 }
 
 /// FNV-1a hash of a name, mixed with the seed: each parameter's stream depends only on both.
@@ -55,6 +61,7 @@ impl ParamStore {
             params: vec![],
             vars: vec![],
             buffers: vec![],
+            counters: vec![],
         }
     }
 
@@ -73,6 +80,7 @@ impl ParamStore {
             params: vec![],
             vars: vec![],
             buffers: vec![],
+            counters: vec![],
         }
     }
 
@@ -129,6 +137,27 @@ impl ParamStore {
         Ok(b)
     }
 
+    /// A named counter: 0 for a new model, else the saved value (0 when the file predates saved
+    /// counters).
+    pub fn counter(&mut self, name: &str) -> Result<Counter> {
+        let start = match &self.source {
+            Source::Init { .. } => 0,
+            Source::Load(map) => match map.get(name) {
+                None => 0,
+                Some(t) => match t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?[..] {
+                    [v] => v,
+                    _ => candle_core::bail!(
+                        "tensor {name} has shape {:?} in the file, a counter is a scalar",
+                        t.dims()
+                    ),
+                },
+            },
+        };
+        let c = Arc::new(AtomicI64::new(start));
+        self.counters.push((name.to_string(), c.clone()));
+        Ok(c)
+    }
+
     /// The element type of new tensors.
     pub fn dtype(&self) -> DType {
         self.dtype
@@ -144,14 +173,21 @@ impl ParamStore {
         &self.vars
     }
 
-    /// Every named parameter and buffer (current values), for saving.
-    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+    /// Every named parameter, buffer and counter (current values), for saving; counters as int64
+    /// scalars, the rest in the store's element type.
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut v: Vec<(String, Tensor)> = self.params.clone();
         v.extend(
             self.buffers
                 .iter()
                 .map(|(n, b)| (n.clone(), b.lock().unwrap().clone())),
         );
-        v
+        for (n, c) in &self.counters {
+            v.push((
+                n.clone(),
+                Tensor::new(c.load(Ordering::Relaxed), &self.device)?,
+            ));
+        }
+        Ok(v)
     }
 }

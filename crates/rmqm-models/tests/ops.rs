@@ -391,6 +391,60 @@ fn saved_models_reload_to_identical_outputs() {
     assert!(e.contains("junk.safetensors"), "{e}");
 }
 
+#[test]
+fn resnet_files_count_batches_like_pytorch_and_old_files_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(Arch::Resnet18, Method::Ntxent, 3, 8, 8);
+    let model = Encoder::init(cfg.clone(), DType::F32, &Device::Cpu, true).unwrap();
+    let x = ((rand_tensor(&[2, 3, 8, 8], 1, DType::F32) + 1.0).unwrap() * 0.5).unwrap();
+    for _ in 0..3 {
+        model.embed(&x, true).unwrap();
+    }
+    model.embed(&x, false).unwrap();
+    let path = dir.path().join("resnet.safetensors");
+    model.save(&path).unwrap();
+    // Every batch norm saves PyTorch's int64 scalar num_batches_tracked: here 3 training passes.
+    let saved = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let counters: Vec<(&String, &Tensor)> = saved
+        .iter()
+        .filter(|(n, _)| n.ends_with(".num_batches_tracked"))
+        .collect();
+    let running = saved
+        .keys()
+        .filter(|n| n.ends_with(".running_mean"))
+        .count();
+    assert_eq!(counters.len(), running);
+    for (name, t) in &counters {
+        assert_eq!((t.dtype(), t.dims()), (DType::I64, &[][..]), "{name}");
+        assert_eq!(t.to_scalar::<i64>().unwrap(), 3, "{name}");
+    }
+    // Loaded models count on from the saved value.
+    let back = Encoder::load(&path, DType::F32, &Device::Cpu, true).unwrap();
+    back.embed(&x, true).unwrap();
+    let again = dir.path().join("again.safetensors");
+    back.save(&again).unwrap();
+    let t = &candle_core::safetensors::load(&again, &Device::Cpu).unwrap()["encoder.stem.bn.num_batches_tracked"];
+    assert_eq!(t.to_scalar::<i64>().unwrap(), 4);
+    // A file written before the counters were saved loads, with the same embeddings.
+    let old: Vec<(String, Tensor)> = saved
+        .into_iter()
+        .filter(|(n, _)| !n.ends_with(".num_batches_tracked"))
+        .collect();
+    let old_path = dir.path().join("old.safetensors");
+    safetensors::tensor::serialize_to_file(
+        old.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(cfg.to_metadata()),
+        &old_path,
+    )
+    .unwrap();
+    let old_model = Encoder::load(&old_path, DType::F32, &Device::Cpu, false).unwrap();
+    let (a, b) = (
+        model.embed(&x, false).unwrap(),
+        old_model.embed(&x, false).unwrap(),
+    );
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+}
+
 /// One fused-op case: (n, c_in, h, w, c_out, k, stride, padding, bias shift).
 type ConvPoolCase = (usize, usize, usize, usize, usize, usize, usize, usize, f64);
 

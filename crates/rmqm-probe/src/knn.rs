@@ -161,7 +161,9 @@ pub fn knn_predict_many(
             for (b, g_blk) in gallery.chunks(GALLERY_BLOCK * dim).enumerate() {
                 let n = g_blk.len() / dim;
                 let dots = &mut dots[..m * n];
-                // SAFETY: row-major (m x dim) times (n x dim)^T into (m x n), all in bounds.
+                // SAFETY: q_blk holds m x dim and g_blk n x dim elements (m and n are their
+                // lengths over dim, both multiples of dim, checked on entry), g_blk read as its
+                // transpose (strides 1, dim); dots is sliced to m x n and borrowed exclusively.
                 unsafe {
                     matrixmultiply::sgemm(
                         m,
