@@ -13,6 +13,7 @@ use rmqm_artifacts::{Output, VectorBatch, VectorBatchBuilder, VectorKind, Vector
 use rmqm_cli::{DataDirArg, SelectionArgs, Stdio, Summary, ThreadsArg, base_provenance};
 use rmqm_data::{Dataset, ImageSet, LoadOptions, load};
 use rmqm_models::Encoder;
+use rmqm_vocab::Alteration;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -146,7 +147,7 @@ enum Walk {
     Pgd {
         model: Box<Encoder>,
         config: PgdConfig,
-        name: &'static str,
+        name: Alteration,
     },
     /// Views of the training augmentation.
     Augment(AugmentConfig),
@@ -203,8 +204,7 @@ impl Walk {
             }),
             AlterMethod::Pgd => {
                 let path = args.model.as_ref().context("--method pgd needs --model")?;
-                let model = Encoder::load(path, DType::F32, &rmqm_models::device(), false)
-                    .map_err(anyhow::Error::msg)?;
+                let model = Encoder::load(path, DType::F32, &rmqm_models::device(), false)?;
                 let c = set.channels;
                 model
                     .config()
@@ -222,7 +222,7 @@ impl Walk {
                             radius: args.radius,
                             seed: args.seed,
                         },
-                        "pgd",
+                        Alteration::Pgd,
                     ),
                     Some(PgdPreset::Reference) => (
                         PgdConfig {
@@ -233,7 +233,7 @@ impl Walk {
                             radius: Some(0.3),
                             seed: args.seed,
                         },
-                        "pgd-reference",
+                        Alteration::PgdReference,
                     ),
                 };
                 Walk::Pgd {
@@ -256,18 +256,18 @@ impl Walk {
     }
 
     /// The alteration recorded in the output's metadata.
-    fn alteration(&self) -> &'static str {
+    fn alteration(&self) -> Alteration {
         match self {
-            Walk::Noise(_) => "noise",
-            Walk::Pgd { name, .. } => name,
-            Walk::Augment(_) => "augment",
-            Walk::Clean => "clean",
+            Walk::Noise(_) => Alteration::Noise,
+            Walk::Pgd { name, .. } => *name,
+            Walk::Augment(_) => Alteration::Augment,
+            Walk::Clean => Alteration::Clean,
         }
     }
 
     /// The walk's own metadata keys.
     fn describe(&self, prov: &mut rmqm_artifacts::Provenance) {
-        prov.set(keys::ALTERATION, self.alteration());
+        prov.set(keys::ALTERATION, self.alteration().name());
         match self {
             Walk::Noise(n) => {
                 prov.set("eps_max", n.eps_max).set("direction", n.direction);

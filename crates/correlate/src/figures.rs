@@ -7,6 +7,7 @@ use rmqm_correlate::plots::{
     ChartText, Line, Panel, ScatterGroup, least_squares, line_chart, panel_chart, scatter_chart,
 };
 use rmqm_correlate::{ScatterSeries, StatsRow, pearson};
+use rmqm_vocab::Convention;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -309,7 +310,9 @@ pub fn draw_all(
             .iter()
             .copied()
             .filter(|r| {
-                r.key.train_dataset == track && r.alteration == "noise" && r.convention == "paper"
+                r.key.train_dataset == track
+                    && r.alteration == "noise"
+                    && r.convention == Convention::Paper
             })
             .collect();
         figure5(dir, &suffix, &noise, &palette, &mut out)?;

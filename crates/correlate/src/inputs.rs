@@ -3,6 +3,7 @@
 use anyhow::{Context, Result, bail};
 use rmqm_artifacts::{Input, Table, read_table};
 use rmqm_correlate::{METRICS, ModelKey, ProbeRow, StatsRow, seed_of_model_id};
+use rmqm_vocab::Convention;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -48,7 +49,7 @@ fn floats(t: &Table, name: &str, path: &Path) -> Result<Vec<f64>> {
 /// alteration, convention) are an error naming both.
 pub fn read_stats(paths: &[PathBuf]) -> Result<Vec<StatsRow>> {
     let mut rows = Vec::new();
-    let mut seen: BTreeMap<(ModelKey, String, String), PathBuf> = BTreeMap::new();
+    let mut seen: BTreeMap<(ModelKey, String, Convention), PathBuf> = BTreeMap::new();
     for path in paths {
         let (t, _) = read_table(&Input::Path(path.clone()))?;
         let n = t.rows();
@@ -80,7 +81,10 @@ pub fn read_stats(paths: &[PathBuf]) -> Result<Vec<StatsRow>> {
         }
         for i in (0..n).filter(|&i| label[i] == "all") {
             let key = ModelKey::new(&train_dataset[i], &model[i]);
-            let claim = (key.clone(), alteration[i].clone(), convention[i].clone());
+            let row_convention: Convention = convention[i]
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{}: column convention: {e}", path.display()))?;
+            let claim = (key.clone(), alteration[i].clone(), row_convention);
             if let Some(first) = seen.insert(claim, path.clone()) {
                 bail!(
                     "{} and {} both hold the stats of {key} under {}/{}",
@@ -98,7 +102,7 @@ pub fn read_stats(paths: &[PathBuf]) -> Result<Vec<StatsRow>> {
                 optimizer: optimizer[i].clone(),
                 epochs: epochs[i] as i64,
                 alteration: alteration[i].clone(),
-                convention: convention[i].clone(),
+                convention: row_convention,
                 n_images: n_images[i],
                 n_steps: n_steps[i],
                 seconds: seconds[i],

@@ -17,6 +17,7 @@ use rmqm_correlate::{
     Inclusion, Normalise, Options, PoolTasks, ProbeRow, Scope, StatsRow, Study, analyse,
     dim_summaries, method_summaries,
 };
+use rmqm_vocab::Convention;
 use std::path::PathBuf;
 
 /// Command-line arguments of `correlate`.
@@ -131,11 +132,11 @@ fn warn_unmatched(study: &Study) {
 }
 
 /// The convention of Tables 1-2: the paper's where present.
-fn table_convention(stats: &[StatsRow]) -> String {
-    if stats.iter().any(|r| r.convention == "paper") {
-        "paper".into()
+fn table_convention(stats: &[StatsRow]) -> Convention {
+    if stats.iter().any(|r| r.convention == Convention::Paper) {
+        Convention::Paper
     } else {
-        stats[0].convention.clone()
+        stats[0].convention
     }
 }
 
@@ -146,7 +147,7 @@ fn headline(study: &Study) -> String {
         if let Some(h) = study.correlations.iter().find(|r| {
             r.metric == "RMQM"
                 && r.walk.alteration == "noise"
-                && r.walk.convention == "paper"
+                && r.walk.convention == Convention::Paper
                 && r.group == pool
         }) {
             return format!(
@@ -171,8 +172,8 @@ pub fn run(argv: Vec<String>) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let provenance = base_provenance("correlate", &argv);
     let convention = table_convention(&inputs.stats);
-    let methods = method_summaries(&inputs.stats, args.min_dim, &convention);
-    let dims = dim_summaries(&inputs.stats, &convention);
+    let methods = method_summaries(&inputs.stats, args.min_dim, convention);
+    let dims = dim_summaries(&inputs.stats, convention);
     let tables = tables::write_all(
         &tables::TableWriter {
             dir,
@@ -181,7 +182,7 @@ pub fn run(argv: Vec<String>) -> Result<()> {
         &study,
         &methods,
         &dims,
-        &convention,
+        convention,
     )?;
     let figures: Vec<(String, String)> = figures::draw_all(
         dir,

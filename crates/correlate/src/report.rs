@@ -5,6 +5,7 @@ use rmqm_correlate::{
     CorrelationRow, LeaderRow, Normalise, PAPER_KNN_SETS, PAPER_LINEAR_SETS, Pool, PoolTasks,
     Scope, Study,
 };
+use rmqm_vocab::Convention;
 use std::fmt::Write as _;
 
 /// What the report says about how it was made.
@@ -174,7 +175,7 @@ fn leaderboard(s: &mut String, study: &Study) {
 fn rmqm_row<'a>(
     study: &'a Study,
     alteration: &str,
-    convention: &str,
+    convention: Convention,
     group: &str,
 ) -> Option<&'a CorrelationRow> {
     study.correlations.iter().find(|r| {
@@ -187,11 +188,11 @@ fn rmqm_row<'a>(
 
 fn paper_comparison(s: &mut String, study: &Study) {
     let _ = writeln!(s, "## RMQM beside the paper (paper pool)\n");
-    let walks: Vec<(String, String)> = study
+    let walks: Vec<(String, Convention)> = study
         .correlations
         .iter()
         .filter(|r| r.metric == "RMQM" && r.pool.is_some_and(|p| p.scope == Scope::Paper))
-        .map(|r| (r.walk.alteration.clone(), r.walk.convention.clone()))
+        .map(|r| (r.walk.alteration.clone(), r.walk.convention))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -215,7 +216,7 @@ fn paper_comparison(s: &mut String, study: &Study) {
     for (a, c) in &walks {
         for (tasks, paper) in PAPER_R {
             let pool = Pool::new(Scope::Paper, tasks).to_string();
-            if let Some(r) = rmqm_row(study, a, c, &pool) {
+            if let Some(r) = rmqm_row(study, a, *c, &pool) {
                 let k = &r.correlation;
                 let _ = writeln!(
                     s,
@@ -261,7 +262,7 @@ fn paper_comparison(s: &mut String, study: &Study) {
                         a.pool == *p
                             && a.terms == terms
                             && a.walk.alteration == "noise"
-                            && a.walk.convention == "paper"
+                            && a.walk.convention == Convention::Paper
                     })
                     .map_or("NA".into(), |a| num(a.pearson))
             })
@@ -287,7 +288,7 @@ fn paper_comparison(s: &mut String, study: &Study) {
     for w in study
         .weights
         .iter()
-        .filter(|w| w.pool.scope == Scope::Paper && w.walk.convention == "paper")
+        .filter(|w| w.pool.scope == Scope::Paper && w.walk.convention == Convention::Paper)
     {
         let total: f64 = w.fit.weights.iter().sum();
         let _ = writeln!(

@@ -6,6 +6,7 @@ use rmqm_correlate::{
     AblationRow, CorrelationRow, DimSummary, GranulatedRow, LeaderRow, MethodSummary, ModelStatus,
     SeedSpreadRow, Study, WeightRow,
 };
+use rmqm_vocab::Convention;
 use std::path::Path;
 
 /// Writes tables into the report folder.
@@ -74,7 +75,7 @@ impl<'a, R> Columns<'a, R> {
 pub fn correlations(rows: &[CorrelationRow]) -> Table {
     Columns::new(rows)
         .text("alteration", |r| r.walk.alteration.clone())
-        .text("convention", |r| r.walk.convention.clone())
+        .text("convention", |r| r.walk.convention.to_string())
         .text("metric", |r| r.metric.to_string())
         .text("group", |r| r.group.clone())
         .int("n", |r| r.correlation.n as i64)
@@ -144,7 +145,7 @@ pub fn leaderboard(rows: &[LeaderRow]) -> Table {
 pub fn ablation(rows: &[AblationRow]) -> Table {
     Columns::new(rows)
         .text("alteration", |r| r.walk.alteration.clone())
-        .text("convention", |r| r.walk.convention.clone())
+        .text("convention", |r| r.walk.convention.to_string())
         .text("pool", |r| r.pool.to_string())
         .text("terms", |r| r.terms.to_string())
         .float("pearson", |r| r.pearson)
@@ -157,7 +158,7 @@ pub fn weights(rows: &[WeightRow]) -> Table {
     let share = |r: &WeightRow, k: usize| r.fit.weights[k] / r.fit.weights.iter().sum::<f64>();
     Columns::new(rows)
         .text("alteration", |r| r.walk.alteration.clone())
-        .text("convention", |r| r.walk.convention.clone())
+        .text("convention", |r| r.walk.convention.to_string())
         .text("pool", |r| r.pool.to_string())
         .float("w_D", |r| r.fit.weights[0])
         .float("w_inv_D_RC", |r| r.fit.weights[1])
@@ -176,7 +177,7 @@ pub fn weights(rows: &[WeightRow]) -> Table {
 pub fn granulated(rows: &[GranulatedRow]) -> Table {
     Columns::new(rows)
         .text("alteration", |r| r.walk.alteration.clone())
-        .text("convention", |r| r.walk.convention.clone())
+        .text("convention", |r| r.walk.convention.to_string())
         .text("pool", |r| r.pool.to_string())
         .text("metric", |r| r.metric.to_string())
         .text("axis", |r| r.axis.to_string())
@@ -276,7 +277,7 @@ pub fn write_all(
     study: &Study,
     methods: &[MethodSummary],
     dims: &[DimSummary],
-    convention: &str,
+    convention: Convention,
 ) -> Result<Vec<(&'static str, String)>> {
     let mut written = Vec::new();
     let mut put = |name: &'static str, title: String, note: &str, t: Table| -> Result<()> {

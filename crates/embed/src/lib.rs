@@ -216,8 +216,7 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     args.threads.init();
     rmqm_cli::check_binary_output(&args.output, &stdio)?;
     let summary = Summary::start("embed");
-    let model = Encoder::load(&args.model, DType::F32, &rmqm_models::device(), false)
-        .map_err(anyhow::Error::msg)?;
+    let model = Encoder::load(&args.model, DType::F32, &rmqm_models::device(), false)?;
     let prov = base_provenance("embed", &argv);
     let stdout = stdio.take_stdout();
     let written = match args.dataset {

@@ -2,6 +2,7 @@
 //! the join of the two, accuracies normalised per (downstream, task), and the sample pairs every
 //! correlation is computed on.
 
+use rmqm_vocab::Convention;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
@@ -50,7 +51,7 @@ pub struct StatsRow {
     /// noise, pgd, pgd-reference, augment, ...
     pub alteration: String,
     /// paper or reference.
-    pub convention: String,
+    pub convention: Convention,
     /// Images measured.
     pub n_images: f64,
     /// J, the steps after the clean input (Q views for augment walks).
@@ -210,7 +211,7 @@ pub struct Walk {
     /// noise, pgd, pgd-reference, ...
     pub alteration: String,
     /// paper or reference.
-    pub convention: String,
+    pub convention: Convention,
 }
 
 impl fmt::Display for Walk {
@@ -226,7 +227,7 @@ pub fn walks(stats: &[StatsRow]) -> Vec<Walk> {
         .filter(|r| r.alteration != "augment")
         .map(|r| Walk {
             alteration: r.alteration.clone(),
-            convention: r.convention.clone(),
+            convention: r.convention,
         })
         .collect::<BTreeSet<_>>()
         .into_iter()
@@ -313,7 +314,7 @@ mod tests {
             epochs,
             seed: seed_of_model_id(model),
             alteration: "noise".into(),
-            convention: "paper".into(),
+            convention: Convention::Paper,
             n_images: 10.0,
             n_steps: 100.0,
             seconds: 1.0,

@@ -2,6 +2,7 @@
 //! better-transferring encoder, and what each costs per image.
 
 use crate::analysis::{StatsRow, Walk};
+use rmqm_vocab::Convention;
 use std::fmt;
 
 /// Which values of a metric its authors expect of an encoder that transfers better.
@@ -177,7 +178,7 @@ pub fn cost(metric: &MetricInfo, walk: Option<&Walk>, stats: &[StatsRow]) -> Cos
     let of = |alteration: &str| -> Vec<&StatsRow> {
         stats
             .iter()
-            .filter(|r| r.alteration == alteration && r.convention == "paper")
+            .filter(|r| r.alteration == alteration && r.convention == Convention::Paper)
             .collect()
     };
     let measured = |rows: &[&StatsRow]| -> Cost {
@@ -225,7 +226,7 @@ mod tests {
             epochs: 7,
             seed: Some(0),
             alteration: alteration.into(),
-            convention: "paper".into(),
+            convention: Convention::Paper,
             n_images: 100.0,
             n_steps: steps,
             seconds,

@@ -4,6 +4,7 @@
 
 use crate::analysis::{Inclusion, ProbeRow, StatsRow, walks};
 use crate::metrics::{METRICS, Source};
+use rmqm_vocab::Convention;
 use statrs::distribution::{ContinuousCDF, StudentsT};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -138,7 +139,7 @@ pub fn seed_spread(
     let mut out = Vec::new();
     let paper_walks: Vec<String> = walks(stats)
         .into_iter()
-        .filter(|w| w.convention == "paper")
+        .filter(|w| w.convention == Convention::Paper)
         .map(|w| w.alteration)
         .collect();
     for m in &METRICS {
@@ -155,7 +156,7 @@ pub fn seed_spread(
             let mut values: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
             for r in included
                 .iter()
-                .filter(|r| r.alteration == a && r.convention == "paper")
+                .filter(|r| r.alteration == a && r.convention == Convention::Paper)
             {
                 let v = r.metric(m.column);
                 if v.is_finite() {

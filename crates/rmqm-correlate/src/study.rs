@@ -14,6 +14,7 @@ use crate::stats::{
     Granulated, Interval, bootstrap_grouped, fisher_interval, granulated_kendall, kendall_tau_b,
     pearson, pearson_p_value, spearman,
 };
+use rmqm_vocab::Convention;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// How the analysis runs.
@@ -231,7 +232,7 @@ pub fn analyse(stats: &[StatsRow], probes: &[ProbeRow], options: &Options) -> St
                     .extend(granulated_rows(&walk, pool, group, &pairs));
             }
         }
-        if walk.alteration == "noise" && walk.convention == "paper" {
+        if walk.alteration == "noise" && walk.convention == Convention::Paper {
             study.figure6 = figure6(&pairs);
         }
     }
@@ -515,7 +516,7 @@ fn figure6(pairs: &[Pair]) -> Vec<ScatterSeries> {
 fn leaderboard(stats: &[StatsRow], probes: &[ProbeRow], options: &Options) -> Vec<LeaderRow> {
     let paper_walks: Vec<Walk> = walks(stats)
         .into_iter()
-        .filter(|w| w.convention == "paper")
+        .filter(|w| w.convention == Convention::Paper)
         .collect();
     let no_bootstrap = Options {
         resamples: 0,

@@ -2,6 +2,7 @@
 //! over dimensions and optimizers), per track, random-init baselines on their own rows.
 
 use crate::analysis::StatsRow;
+use rmqm_vocab::Convention;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Mean and sample standard deviation of some values.
@@ -61,7 +62,11 @@ pub fn method_label(r: &StatsRow) -> String {
 
 /// D, D_RC and P_RC per (track, method), over the models with embedding dimension at least
 /// `min_dim`, in `convention`, for every alteration but augment.
-pub fn method_summaries(stats: &[StatsRow], min_dim: i64, convention: &str) -> Vec<MethodSummary> {
+pub fn method_summaries(
+    stats: &[StatsRow],
+    min_dim: i64,
+    convention: Convention,
+) -> Vec<MethodSummary> {
     let mut cells: BTreeMap<(String, String), Vec<&StatsRow>> = BTreeMap::new();
     for r in stats
         .iter()
@@ -118,7 +123,7 @@ pub struct DimSummary {
 
 /// D, D_RC, P_RC and RMQM per (track, method, dimension, walk) in `convention`, augment walks
 /// aside: the numbers behind the per-dimension figures and the paper's per-dimension claims.
-pub fn dim_summaries(stats: &[StatsRow], convention: &str) -> Vec<DimSummary> {
+pub fn dim_summaries(stats: &[StatsRow], convention: Convention) -> Vec<DimSummary> {
     let mut cells: BTreeMap<(String, String, i64, String), Vec<&StatsRow>> = BTreeMap::new();
     for r in stats
         .iter()

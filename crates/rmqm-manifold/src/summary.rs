@@ -4,41 +4,7 @@ use crate::ImageTerms;
 use std::fmt;
 use std::str::FromStr;
 
-/// Which equations turn distances into D_RC, P_RC and RMQM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Convention {
-    /// The printed equations (2)-(6) of the paper.
-    Paper,
-    /// As the authors' public code computes it (pandas pct_change; distance term adds mean dp).
-    Reference,
-}
-
-impl Convention {
-    /// The name used on the command line and in tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Convention::Paper => "paper",
-            Convention::Reference => "reference",
-        }
-    }
-}
-
-impl fmt::Display for Convention {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Convention {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "paper" => Ok(Convention::Paper),
-            "reference" => Ok(Convention::Reference),
-            other => Err(format!("unknown convention {other:?} (paper or reference)")),
-        }
-    }
-}
+pub use rmqm_vocab::Convention;
 
 /// The weights of the weighted RMQM (eq. 6): ln(1 + w1 D + w2 / D_RC + w3 / P_RC).
 #[derive(Debug, Clone, Copy, PartialEq)]

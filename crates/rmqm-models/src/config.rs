@@ -2,83 +2,9 @@
 //! Stored as the safetensors metadata of every saved model.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::str::FromStr;
 
-macro_rules! named_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $text:expr),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($(#[$vm])* $variant),+ }
-        impl $name {
-            /// Every value, in a stable order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            /// The name used on the command line, in metadata and in tables.
-            pub fn name(self) -> &'static str { match self { $($name::$variant => $text),+ } }
-        }
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.name()) }
-        }
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                $name::ALL.iter().copied().find(|v| v.name() == s).ok_or_else(|| {
-                    let names: Vec<&str> = $name::ALL.iter().map(|v| v.name()).collect();
-                    format!("unknown {} {s:?}; known: {}", stringify!($name).to_lowercase(), names.join(", "))
-                })
-            }
-        }
-    };
-}
-
-named_enum!(
-    /// Encoder architectures.
-    Arch {
-        /// conv 6@5x5, pool, conv 16@5x5, pool, MLP 512-512-512-dim (default for 28x28).
-        Lenet5 => "lenet5",
-        /// conv 6@5x5 (padding 2), pool, conv 16@5x5, pool, 120, 84, dim.
-        Lenet5Classic => "lenet5-classic",
-        /// CIFAR ResNet-18 (3x3 stem, no max pool), average pool, MLP 512-1024-1024-dim.
-        Resnet18 => "resnet18",
-    }
-);
-
-named_enum!(
-    /// Training methods.
-    Method {
-        /// Cross-entropy through a classifier head.
-        CrossEntropy => "cross-entropy",
-        /// Cross-entropy plus a semihard triplet loss on the embedding, weights 1:1.
-        TripletEntropy => "triplet-entropy",
-        /// Semihard triplet loss with triplets mined from labels in the batch.
-        TripletSupervised => "triplet-supervised",
-        /// Semihard triplet loss on two augmented views (positive = the other view).
-        TripletSs => "triplet-ss",
-        /// SimCLR's NT-Xent over 2N augmented views.
-        Ntxent => "ntxent",
-    }
-);
-
-impl Method {
-    /// True when the method trains a classifier head (and needs labels for it).
-    pub fn has_head(self) -> bool {
-        matches!(self, Method::CrossEntropy | Method::TripletEntropy)
-    }
-    /// True when the method uses two augmented views of each image.
-    pub fn uses_views(self) -> bool {
-        matches!(self, Method::TripletSs | Method::Ntxent)
-    }
-}
-
-named_enum!(
-    /// Optimizers.
-    OptimizerKind {
-        /// SGD with Nesterov momentum 0.9 (PyTorch's update).
-        Sgd => "sgd",
-        /// Adam (PyTorch defaults), no weight decay.
-        Adam => "adam",
-    }
-);
+pub use rmqm_vocab::{Arch, Method, OptimizerKind};
 
 /// Everything that defines a model and its training run.
 #[derive(Debug, Clone, PartialEq)]

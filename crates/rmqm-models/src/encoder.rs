@@ -281,7 +281,12 @@ impl Encoder {
 
     /// Saves the model as safetensors (parameters and running statistics f32, batch-norm counters
     /// int64, as in a PyTorch state dict) with the config in the metadata; atomic (temp + rename).
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+    pub fn save(&self, path: &Path) -> std::result::Result<(), ModelFileError> {
+        self.write_file(path)
+            .map_err(|e| ModelFileError::new(path, e.to_string()))
+    }
+
+    fn write_file(&self, path: &Path) -> std::io::Result<()> {
         let tensors: Vec<(String, Tensor)> = self
             .named_tensors()
             .and_then(|named| {
@@ -329,21 +334,47 @@ impl Encoder {
         dtype: DType,
         device: &Device,
         trainable: bool,
-    ) -> std::result::Result<Self, String> {
-        let show = path.display();
-        let bytes = std::fs::read(path).map_err(|e| format!("{show}: {e}"))?;
+    ) -> std::result::Result<Self, ModelFileError> {
+        let fail = |reason: String| ModelFileError::new(path, reason);
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| format!("{show}: not a safetensors file: {e}"))?;
+            .map_err(|e| fail(format!("not a safetensors file: {e}")))?;
         let metadata = header.metadata().clone().unwrap_or_default();
         let config = ModelConfig::from_metadata(&metadata)
-            .map_err(|e| format!("{show}: not an rmqm model: {e}"))?;
+            .map_err(|e| fail(format!("not an rmqm model: {e}")))?;
         let tensors: HashMap<String, Tensor> =
             candle_core::safetensors::load_buffer(&bytes, device)
-                .map_err(|e| format!("{show}: {e}"))?;
+                .map_err(|e| fail(e.to_string()))?;
         Encoder::new(config, ParamStore::load(tensors, dtype, device, trainable))
-            .map_err(|e| format!("{show}: {e}"))
+            .map_err(|e| fail(e.to_string()))
     }
 }
+
+/// A model file that could not be read or written: the file and what went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFileError {
+    /// The model file.
+    pub path: std::path::PathBuf,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl ModelFileError {
+    fn new(path: &Path, reason: String) -> Self {
+        ModelFileError {
+            path: path.to_path_buf(),
+            reason,
+        }
+    }
+}
+
+impl std::fmt::Display for ModelFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
+impl std::error::Error for ModelFileError {}
 
 impl Encoder {
     /// Embeds `n` images given as contiguous pixels (n * c * h * w, in `[0, 1]`) in eval mode, in

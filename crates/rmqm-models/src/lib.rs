@@ -11,7 +11,7 @@ pub mod params;
 pub mod testing;
 
 pub use config::{Arch, Method, ModelConfig, OptimizerKind, dataset_normalisation};
-pub use encoder::Encoder;
+pub use encoder::{Encoder, ModelFileError};
 pub use params::ParamStore;
 
 use candle_core::Device;

@@ -387,7 +387,8 @@ fn saved_models_reload_to_identical_outputs() {
     std::fs::write(&junk, b"nope").unwrap();
     let e = Encoder::load(&junk, DType::F32, &Device::Cpu, false)
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(e.contains("junk.safetensors"), "{e}");
 }
 
