@@ -33,9 +33,9 @@ MNIST_CORRELATE_ARGS ?=
 # Stage times measured on the project's 2-core machine, for the estimate `make paper-mnist` prints
 # (2026-12-02, idle, half the full grid: see README's Measured cost).
 MNIST_EPOCH_SECONDS_LABELS ?= 7.5
-MNIST_EPOCH_SECONDS_VIEWS ?= 15.9
-MNIST_WALK_SECONDS_PER_1000 ?= 5.1
-MNIST_PROBE_SECONDS ?= 1.5
+MNIST_EPOCH_SECONDS_VIEWS ?= 16.4
+MNIST_WALK_SECONDS_PER_1000 ?= 5.4
+MNIST_PROBE_SECONDS ?= 3.2
 $(eval $(call GRID,MNIST))
 
 paper-mnist: $(call grid_goal,MNIST)
