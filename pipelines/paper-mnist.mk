@@ -31,7 +31,9 @@ MNIST_DS_fashion_EMBED := --dataset fashion-mnist --split test
 MNIST_DS_fashion_PROBE := --split 0.8 --seed 0 --knn 1,5 --linear
 MNIST_CORRELATE_ARGS ?=
 # Stage times measured on the project's 2-core machine, for the estimate `make paper-mnist` prints
-# (2026-12-02, idle, half the full grid: see README's Measured cost).
+# (2026-12-02, idle, half the full grid: see README's Measured cost). The walk time per 1,000
+# images is the mean of the noise and PGD walks with the augment walk folded in; a probe's includes
+# embedding its downstream set.
 MNIST_EPOCH_SECONDS_LABELS ?= 7.5
 MNIST_EPOCH_SECONDS_VIEWS ?= 16.4
 MNIST_WALK_SECONDS_PER_1000 ?= 5.4
