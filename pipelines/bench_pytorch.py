@@ -89,6 +89,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", default="", help="run the models whose name contains this")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -97,6 +98,8 @@ def main():
         ("lenet5-classic", lambda: LeNet(True), 256, (1, 28, 28)),
         ("resnet18", ResNet18, 128, (3, 32, 32)),
     ]:
+        if args.only not in name:
+            continue
         torch.manual_seed(0)
         model = make()
         x = torch.rand(batch, *shape)

@@ -212,6 +212,18 @@ pub fn im2col<T: Real>(g: &ConvGeometry, x: &[T], cols: &mut [T]) {
 
 /// Folds `cols` (c_in*kh*kw, ho*wo) back onto one image, adding into `x` (c_in, h, w).
 pub fn col2im_add<T: Real>(g: &ConvGeometry, cols: &[T], x: &mut [T]) {
+    col2im_add_strided(g, cols, g.ho() * g.wo(), 0, x);
+}
+
+/// [`col2im_add`] of the image whose columns start at `offset` in each row of `cols`, rows
+/// `row_len` apart (several images' columns side by side).
+fn col2im_add_strided<T: Real>(
+    g: &ConvGeometry,
+    cols: &[T],
+    row_len: usize,
+    offset: usize,
+    x: &mut [T],
+) {
     let (ho, wo) = (g.ho(), g.wo());
     let hw = ho * wo;
     let (s, p) = (g.stride, g.padding);
@@ -219,7 +231,7 @@ pub fn col2im_add<T: Real>(g: &ConvGeometry, cols: &[T], x: &mut [T]) {
         let plane = &mut x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let row = &cols[((ci * g.kh + ki) * g.kw + kj) * hw..][..hw];
+                let row = &cols[((ci * g.kh + ki) * g.kw + kj) * row_len + offset..][..hw];
                 let (lo, hi) = valid_columns(g, kj, wo);
                 for (oi, src) in row.chunks_exact(wo).enumerate() {
                     let ii = (oi * s + ki).wrapping_sub(p);
@@ -252,6 +264,10 @@ pub fn conv2d_forward<T: Real>(
     relu: bool,
 ) -> Vec<T> {
     g.check(x, weight, bias.map(<[T]>::len));
+    let per = images_per_gemm(g);
+    if per > 1 {
+        return conv2d_forward_grouped(g, x, weight, bias, relu, per);
+    }
     let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
     let direct = g.direct();
     let write = |y: &mut [MaybeUninit<T>]| {
@@ -309,6 +325,10 @@ pub fn conv2d_input_grad<T: Real>(g: &ConvGeometry, dy: &[T], weight: &[T]) -> V
         "convolution output gradient size"
     );
     assert_eq!(weight.len(), g.c_out * g.ckk(), "convolution weight size");
+    let per = images_per_gemm(g);
+    if per > 1 {
+        return conv2d_input_grad_grouped(g, dy, weight, per);
+    }
     let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
     let mut dx = vec![T::zero(); g.n * g.in_size()];
     let direct = g.direct();
@@ -354,20 +374,40 @@ pub fn conv2d_weight_grad<T: Real>(
     let parts = rayon::current_num_threads().clamp(1, g.n.max(1));
     let per = g.n.div_ceil(parts);
     let direct = g.direct();
+    let group = images_per_gemm(g);
     let partials: Vec<(Vec<T>, Vec<T>)> = (0..g.n.div_ceil(per.max(1)))
         .into_par_iter()
         .map(|p| {
             let mut dw = vec![T::zero(); g.c_out * ckk];
             let mut db = vec![T::zero(); if want_bias { g.c_out } else { 0 }];
-            let mut cols = if direct {
+            let mut cols = if direct || group > 1 {
                 Vec::new()
             } else {
                 vec![T::zero(); ckk * hw + IM2COL_SLACK]
             };
-            for b in p * per..((p + 1) * per).min(g.n) {
-                let dyb = &dy[b * g.out_size()..(b + 1) * g.out_size()];
-                let db = if want_bias { Some(&mut db[..]) } else { None };
-                accumulate_weight_grad(g, &x[b * g.in_size()..], dyb, &mut cols, &mut dw, db);
+            let end = ((p + 1) * per).min(g.n);
+            let images = p * per..end;
+            if group > 1 {
+                let mut buf = GroupBuffers::new(g, group);
+                for first in images.step_by(group) {
+                    let count = group.min(end - first);
+                    let db = if want_bias { Some(&mut db[..]) } else { None };
+                    accumulate_weight_grad_grouped(
+                        g,
+                        &x[first * g.in_size()..],
+                        &dy[first * g.out_size()..],
+                        count,
+                        &mut buf,
+                        &mut dw,
+                        db,
+                    );
+                }
+            } else {
+                for b in images {
+                    let dyb = &dy[b * g.out_size()..(b + 1) * g.out_size()];
+                    let db = if want_bias { Some(&mut db[..]) } else { None };
+                    accumulate_weight_grad(g, &x[b * g.in_size()..], dyb, &mut cols, &mut dw, db);
+                }
             }
             (dw, db)
         })
@@ -414,6 +454,201 @@ pub fn accumulate_weight_grad<T: Real>(
     if let Some(db) = db {
         for (s, plane) in db.iter_mut().zip(dy.chunks_exact(hw)) {
             for &v in plane {
+                *s += v;
+            }
+        }
+    }
+}
+
+/// Output positions below which an image's product is too narrow for the gemm to run at speed:
+/// images are then grouped so that one product has at least this many columns (ResNet-18 on
+/// CIFAR: layer4's 4x4 outputs and layer3's 8x8). LeNet's layers have 100 positions or more and
+/// keep one product per image.
+const MIN_GEMM_COLUMNS: usize = 128;
+
+/// Images that share one gemm: 1 unless an image has fewer than [`MIN_GEMM_COLUMNS`] output
+/// positions; never so many that the cores run out of groups.
+pub fn images_per_gemm(g: &ConvGeometry) -> usize {
+    let hw = g.ho() * g.wo();
+    if hw == 0 || hw >= MIN_GEMM_COLUMNS {
+        return 1;
+    }
+    let per_core = g.n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    MIN_GEMM_COLUMNS.div_ceil(hw).min(per_core)
+}
+
+/// Buffers of one grouped product: one image's im2col columns, the group's columns side by side
+/// (ckk, images * hw), and the group's (c_out, images * hw) product or output gradient.
+struct GroupBuffers<T> {
+    image_cols: Vec<T>,
+    group_cols: Vec<T>,
+    channels: Vec<T>,
+}
+
+impl<T: Real> GroupBuffers<T> {
+    fn new(g: &ConvGeometry, images: usize) -> Self {
+        let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
+        GroupBuffers {
+            image_cols: vec![T::zero(); ckk * hw + IM2COL_SLACK],
+            group_cols: vec![T::zero(); ckk * images * hw],
+            channels: vec![T::zero(); g.c_out * images * hw],
+        }
+    }
+
+    /// Unfolds the images of `x` (whole images, the group's) side by side into `group_cols`:
+    /// image j's columns at `j * hw` of each row, rows `images * hw` long.
+    fn gather_columns(&mut self, g: &ConvGeometry, x: &[T], images: usize) {
+        let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
+        let ld = images * hw;
+        for j in 0..images {
+            let xj = &x[j * g.in_size()..];
+            let src: &[T] = if g.direct() {
+                xj
+            } else {
+                im2col(g, xj, &mut self.image_cols);
+                &self.image_cols
+            };
+            for r in 0..ckk {
+                self.group_cols[r * ld + j * hw..][..hw].copy_from_slice(&src[r * hw..][..hw]);
+            }
+        }
+    }
+}
+
+/// Copies `images` blocks of (channels, hw) from image-major `src` to channel-major `dst`
+/// (channels, images * hw): image j's plane c at `c * images * hw + j * hw`.
+fn images_to_channels<T: Real>(
+    src: &[T],
+    dst: &mut [T],
+    channels: usize,
+    hw: usize,
+    images: usize,
+) {
+    let ld = images * hw;
+    for j in 0..images {
+        for c in 0..channels {
+            dst[c * ld + j * hw..][..hw].copy_from_slice(&src[(j * channels + c) * hw..][..hw]);
+        }
+    }
+}
+
+/// The inverse of [`images_to_channels`].
+fn channels_to_images<T: Real>(
+    src: &[T],
+    dst: &mut [T],
+    channels: usize,
+    hw: usize,
+    images: usize,
+) {
+    let ld = images * hw;
+    for j in 0..images {
+        for c in 0..channels {
+            dst[(j * channels + c) * hw..][..hw].copy_from_slice(&src[c * ld + j * hw..][..hw]);
+        }
+    }
+}
+
+/// [`conv2d_forward`] with `per` images to a gemm.
+fn conv2d_forward_grouped<T: Real>(
+    g: &ConvGeometry,
+    x: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+    relu: bool,
+    per: usize,
+) -> Vec<T> {
+    let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
+    let mut y = vec![T::zero(); g.n * g.out_size()];
+    y.par_chunks_mut(per * g.out_size())
+        .zip(x.par_chunks(per * g.in_size()))
+        .for_each_init(
+            || GroupBuffers::new(g, per),
+            |buf, (yg, xg)| {
+                let images = yg.len() / g.out_size();
+                let ld = images * hw;
+                buf.gather_columns(g, xg, images);
+                gemm_rm(
+                    &mut buf.channels,
+                    Accum::Replace,
+                    MatRef::row_major(weight, g.c_out, ckk),
+                    MatRef::row_major(&buf.group_cols, ckk, ld),
+                    Parallelism::None,
+                );
+                channels_to_images(&buf.channels, yg, g.c_out, hw, images);
+                for yb in yg.chunks_exact_mut(g.out_size()) {
+                    epilogue(yb, hw, bias, relu);
+                }
+            },
+        );
+    y
+}
+
+/// [`conv2d_input_grad`] with `per` images to a gemm.
+fn conv2d_input_grad_grouped<T: Real>(
+    g: &ConvGeometry,
+    dy: &[T],
+    weight: &[T],
+    per: usize,
+) -> Vec<T> {
+    let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
+    let mut dx = vec![T::zero(); g.n * g.in_size()];
+    dx.par_chunks_mut(per * g.in_size())
+        .zip(dy.par_chunks(per * g.out_size()))
+        .for_each_init(
+            || GroupBuffers::new(g, per),
+            |buf, (dxg, dyg)| {
+                let images = dyg.len() / g.out_size();
+                let ld = images * hw;
+                images_to_channels(dyg, &mut buf.channels, g.c_out, hw, images);
+                // cols (ckk x ld) = weight^T (ckk x c_out) * dy (c_out x ld)
+                gemm_rm(
+                    &mut buf.group_cols,
+                    Accum::Replace,
+                    MatRef::row_major(weight, g.c_out, ckk).t(),
+                    MatRef::row_major(&buf.channels, g.c_out, ld),
+                    Parallelism::None,
+                );
+                for (j, dxb) in dxg.chunks_exact_mut(g.in_size()).enumerate() {
+                    if g.direct() {
+                        for r in 0..ckk {
+                            dxb[r * hw..][..hw]
+                                .copy_from_slice(&buf.group_cols[r * ld + j * hw..][..hw]);
+                        }
+                    } else {
+                        col2im_add_strided(g, &buf.group_cols, ld, j * hw, dxb);
+                    }
+                }
+            },
+        );
+    dx
+}
+
+/// The weight and bias gradients of `images` whole images (x and dy start with them), added into
+/// `dw` and `db` by one product.
+fn accumulate_weight_grad_grouped<T: Real>(
+    g: &ConvGeometry,
+    x: &[T],
+    dy: &[T],
+    images: usize,
+    buf: &mut GroupBuffers<T>,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+) {
+    let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
+    let ld = images * hw;
+    buf.gather_columns(g, x, images);
+    images_to_channels(dy, &mut buf.channels, g.c_out, hw, images);
+    // dw (c_out x ckk) += dy (c_out x ld) * cols^T (ld x ckk)
+    gemm_rm(
+        dw,
+        Accum::Add,
+        MatRef::row_major(&buf.channels, g.c_out, ld),
+        MatRef::row_major(&buf.group_cols, ckk, ld).t(),
+        Parallelism::None,
+    );
+    if let Some(db) = db {
+        for (s, row) in db.iter_mut().zip(buf.channels.chunks_exact(ld)) {
+            for &v in row {
                 *s += v;
             }
         }
@@ -608,6 +843,80 @@ mod tests {
                 y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12),
                 "{g:?}"
             );
+        }
+    }
+
+    #[test]
+    fn grouped_products_match_the_definition_and_the_adjoint() {
+        // Small outputs (ResNet's layer3/layer4 shapes, scaled down): several images to a gemm,
+        // including a last group with fewer images.
+        for &(h, k, stride, padding, per) in &[
+            (4, 3, 1, 1, 3),
+            (4, 1, 2, 0, 4),
+            (8, 3, 2, 1, 2),
+            (5, 3, 1, 0, 5),
+        ] {
+            let g = ConvGeometry {
+                n: 7,
+                c_in: 6,
+                h,
+                w: h,
+                c_out: 5,
+                kh: k,
+                kw: k,
+                stride,
+                padding,
+            };
+            let x: Vec<f64> = (0..g.n * g.in_size())
+                .map(|i| ((i * 37 % 17) as f64 - 8.0) / 7.0)
+                .collect();
+            let w: Vec<f64> = (0..g.c_out * g.ckk())
+                .map(|i| ((i * 11 % 13) as f64 - 6.0) / 5.0)
+                .collect();
+            let dy: Vec<f64> = (0..g.n * g.out_size())
+                .map(|i| ((i * 5 % 19) as f64 - 9.0) / 4.0)
+                .collect();
+            let y = conv2d_forward_grouped(&g, &x, &w, None, false, per);
+            let want = naive(&g, &x, &w);
+            assert!(
+                y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12),
+                "{g:?}"
+            );
+            let dx = conv2d_input_grad_grouped(&g, &dy, &w, per);
+            let mut dw = vec![0.0; g.c_out * g.ckk()];
+            let mut db = vec![0.0; g.c_out];
+            let mut buf = GroupBuffers::new(&g, per);
+            for first in (0..g.n).step_by(per) {
+                let images = per.min(g.n - first);
+                accumulate_weight_grad_grouped(
+                    &g,
+                    &x[first * g.in_size()..],
+                    &dy[first * g.out_size()..],
+                    images,
+                    &mut buf,
+                    &mut dw,
+                    Some(&mut db),
+                );
+            }
+            let inner = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+            let total = inner(&dy, &y);
+            assert!((inner(&dw, &w) - total).abs() < 1e-9 * total.abs().max(1.0));
+            assert!((inner(&dx, &x) - total).abs() < 1e-9 * total.abs().max(1.0));
+            let hw = g.ho() * g.wo();
+            let db0: f64 = (0..g.n)
+                .map(|b| dy[b * g.out_size()..][..hw].iter().sum::<f64>())
+                .sum();
+            assert!((db[0] - db0).abs() < 1e-9);
+            // The dispatching kernels agree with the grouped ones, whatever group they choose.
+            let (dw2, db2) = conv2d_weight_grad(&g, &x, &dy, true);
+            assert!(dw.iter().zip(&dw2).all(|(a, b)| (a - b).abs() < 1e-9));
+            assert!(
+                db.iter()
+                    .zip(db2.unwrap())
+                    .all(|(a, b)| (a - b).abs() < 1e-9)
+            );
+            let dx2 = conv2d_input_grad(&g, &dy, &w);
+            assert!(dx.iter().zip(&dx2).all(|(a, b)| (a - b).abs() < 1e-12));
         }
     }
 }
