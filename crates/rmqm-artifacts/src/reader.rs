@@ -170,11 +170,14 @@ impl ArtifactReader {
             schema = std::sync::Arc::new(schema.as_ref().clone().with_metadata(md));
         }
         let batch_rows = decode_batch_rows(metadata.metadata(), batch_rows);
-        let workers = decode_threads().min(rows.max(1));
+        let threads = decode_threads();
+        let pieces = plan_pieces(metadata.metadata(), threads, MIN_SHARED_BYTES);
+        let workers = threads.min(pieces.len());
         let batches: BatchIter = if workers > 1 {
             Box::new(ParallelPieces::start(
                 source,
                 metadata,
+                pieces,
                 batch_rows.max(1),
                 workers,
             ))
@@ -317,17 +320,25 @@ struct Piece {
     rows: usize,
 }
 
+/// Uncompressed bytes below which a row group is not cut for the threads' sake alone: small files
+/// read whole, in one piece, as before.
+const MIN_SHARED_BYTES: usize = 4 << 20;
+
 /// The pieces of a file, in file order: each row group cut into about `bytes / PIECE_BYTES`
-/// equal row ranges (at least one; at least `workers` when the file has fewer row groups than
-/// threads).
-fn plan_pieces(metadata: &parquet::file::metadata::ParquetMetaData, workers: usize) -> Vec<Piece> {
+/// equal row ranges (at least one), and into at least `workers` when the file has fewer row
+/// groups than threads and the row group holds at least `min_shared_bytes`.
+fn plan_pieces(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    workers: usize,
+    min_shared_bytes: usize,
+) -> Vec<Piece> {
     let row_groups = metadata.row_groups();
     let mut pieces = Vec::new();
     for (rg, meta) in row_groups.iter().enumerate() {
         let rows = meta.num_rows().max(0) as usize;
         let bytes = meta.total_byte_size().max(0) as usize;
         let mut n = ((bytes + PIECE_BYTES / 2) / PIECE_BYTES).max(1);
-        if row_groups.len() < workers {
+        if row_groups.len() < workers && bytes >= min_shared_bytes {
             n = n.max(workers);
         }
         let n = n.min(rows).max(1);
@@ -363,10 +374,10 @@ impl ParallelPieces {
     fn start(
         source: ParquetSource,
         metadata: ArrowReaderMetadata,
+        pieces: Vec<Piece>,
         batch_rows: usize,
         workers: usize,
     ) -> Self {
-        let pieces = plan_pieces(metadata.metadata(), workers);
         let count = pieces.len();
         let receivers = (0..workers)
             .map(|k| {
@@ -573,12 +584,10 @@ mod tests {
         let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
         let metadata = ArrowReaderMetadata::load(&bytes, options).unwrap();
         for workers in 1..=4 {
-            let pieces = plan_pieces(metadata.metadata(), workers);
-            assert_eq!(
-                pieces.len(),
-                workers,
-                "a small lone row group is cut per thread"
-            );
+            let whole = plan_pieces(metadata.metadata(), workers, MIN_SHARED_BYTES);
+            assert_eq!(whole.len(), 1, "a small row group stays whole");
+            let pieces = plan_pieces(metadata.metadata(), workers, 0);
+            assert_eq!(pieces.len(), workers, "a lone row group is cut per thread");
             let mut next = 0;
             for p in &pieces {
                 assert_eq!((p.row_group, p.first_row), (0, next));
@@ -609,8 +618,10 @@ mod tests {
             );
             for workers in [2, 3] {
                 let source = ParquetSource::Bytes(bytes.clone());
+                let pieces = plan_pieces(metadata.metadata(), workers, 0);
+                assert_eq!(pieces.len(), workers);
                 let batches: Vec<RecordBatch> =
-                    ParallelPieces::start(source, metadata.clone(), 7, workers)
+                    ParallelPieces::start(source, metadata.clone(), pieces, 7, workers)
                         .collect::<Result<_, _>>()
                         .unwrap();
                 assert!(batches.iter().all(|b| b.num_rows() <= 7));
