@@ -67,7 +67,7 @@ pub struct Args {
     /// Add one summary row per class label.
     #[arg(long)]
     pub by_label: bool,
-    /// Rows decoded per batch.
+    /// Most rows decoded per batch (Parquet is decoded in batches of about 1 MB below this).
     #[arg(long, default_value_t = 8192)]
     pub batch_rows: usize,
     /// LiDAR of the views (steps 1..Q) of each image; on by default when the input's metadata
