@@ -195,19 +195,69 @@ fn embed_stream(
         move || stdout,
     )?;
     let bar = rmqm_cli::progress(reader.total_rows().map(|r| r as u64), "embed", "rows");
-    while let Some(b) = reader.next_batch()? {
-        let e = model
-            .embed_pixels(&b.values, b.len(), batch)
-            .with_context(|| format!("embedding rows of {input}"))?;
-        bar.inc(b.len() as u64);
-        // The keys are shared with the input batch; only the vectors are new.
-        writer.write(&b.with_values(e, dim))?;
+    // The reader's batches are as the file or stream makes them (Parquet about 1 MB); forward
+    // passes take `batch` rows each, whatever they were read in.
+    let mut pending = PendingRows::default();
+    loop {
+        let next = reader.next_batch()?;
+        let done = next.is_none();
+        if let Some(b) = next {
+            pending.push(b);
+        }
+        while let Some(b) = pending.take(batch, done) {
+            let e = model
+                .embed_pixels(&b.values, b.len(), batch)
+                .with_context(|| format!("embedding rows of {input}"))?;
+            bar.inc(b.len() as u64);
+            // The keys are shared with the input batch; only the vectors are new.
+            writer.write(&b.with_values(e, dim))?;
+        }
+        if done {
+            break;
+        }
     }
     bar.finish_and_clear();
     Ok(Written {
         rows: writer.finish()?,
         what: format!("{input}"),
     })
+}
+
+/// Read rows waiting to fill a forward pass.
+#[derive(Default)]
+struct PendingRows {
+    batches: Vec<VectorBatch>,
+    rows: usize,
+}
+
+impl PendingRows {
+    /// Queues a batch as read.
+    fn push(&mut self, b: VectorBatch) {
+        self.rows += b.len();
+        self.batches.push(b);
+    }
+
+    /// The next `n` rows when that many wait (one batch, without a copy when one batch holds them),
+    /// or the rest when `last` and some wait; `None` otherwise.
+    fn take(&mut self, n: usize, last: bool) -> Option<VectorBatch> {
+        if self.rows == 0 || (self.rows < n && !last) {
+            return None;
+        }
+        let width = self.batches[0].width;
+        let all = if self.batches.len() == 1 {
+            self.batches.pop().expect("one batch waits")
+        } else {
+            VectorBatch::concat(&std::mem::take(&mut self.batches), width)
+        };
+        let take = n.min(all.len());
+        if take < all.len() {
+            self.batches = vec![all.slice(take, all.len() - take)];
+        } else {
+            self.batches.clear();
+        }
+        self.rows = all.len() - take;
+        Some(all.slice(0, take))
+    }
 }
 
 /// Entry point with explicit stdio.
@@ -237,4 +287,44 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
         args.output
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(first: u32, n: usize) -> VectorBatch {
+        let ids: Vec<u32> = (first..first + n as u32).collect();
+        let values: Vec<f32> = ids.iter().flat_map(|&i| [i as f32, -(i as f32)]).collect();
+        VectorBatch::from_columns(ids.clone(), vec![1; n], vec![0; n], vec![0.0; n], values, 2)
+    }
+
+    #[test]
+    fn pending_rows_come_out_in_forward_passes_of_the_batch_size_in_order() {
+        // Read batches of 3, 5 and 1 rows, forward passes of 4: 4, 4, then the last 1.
+        let mut p = PendingRows::default();
+        let mut out = Vec::new();
+        for (first, n, last) in [(0, 3, false), (3, 5, false), (8, 1, true)] {
+            p.push(rows(first, n));
+            while let Some(b) = p.take(4, last) {
+                out.push(b);
+            }
+        }
+        assert_eq!(
+            out.iter().map(VectorBatch::len).collect::<Vec<_>>(),
+            vec![4, 4, 1]
+        );
+        let all = VectorBatch::concat(&out, 2);
+        assert_eq!(all, rows(0, 9));
+        assert!(p.take(4, true).is_none());
+        // A read batch larger than a pass is cut without a copy.
+        let mut p = PendingRows::default();
+        p.push(rows(0, 10));
+        let a = p.take(4, false).unwrap();
+        let b = p.take(4, false).unwrap();
+        assert!(p.take(4, false).is_none(), "2 rows wait for more");
+        let c = p.take(4, true).unwrap();
+        assert_eq!((a.len(), b.len(), c.len()), (4, 4, 2));
+        assert_eq!(VectorBatch::concat(&[a, b, c], 2), rows(0, 10));
+    }
 }

@@ -146,6 +146,19 @@ impl VectorBatch {
         RecordBatch::try_new(schema, columns).expect("columns match the vector schema")
     }
 
+    /// Rows `start..start + len`, sharing the buffers (no copy).
+    pub fn slice(&self, start: usize, len: usize) -> VectorBatch {
+        assert!(start + len <= self.len(), "slice past the batch's end");
+        VectorBatch {
+            image_ids: self.image_ids.slice(start, len),
+            labels: self.labels.slice(start, len),
+            steps: self.steps.slice(start, len),
+            epsilons: self.epsilons.slice(start, len),
+            values: self.values.slice(start * self.width, len * self.width),
+            width: self.width,
+        }
+    }
+
     /// Concatenates batches of the same width.
     pub fn concat(batches: &[VectorBatch], width: usize) -> VectorBatch {
         let mut b = VectorBatchBuilder::new(width, batches.iter().map(|b| b.len()).sum());
