@@ -578,6 +578,18 @@ mod tests {
         bytes::Bytes::from(out)
     }
 
+    /// Column `i` of every batch, in order.
+    fn column<P: arrow_array::ArrowPrimitiveType>(
+        batches: &[RecordBatch],
+        i: usize,
+    ) -> Vec<P::Native> {
+        use arrow_array::cast::AsArray;
+        batches
+            .iter()
+            .flat_map(|b| b.column(i).as_primitive::<P>().values().to_vec())
+            .collect()
+    }
+
     #[test]
     fn pieces_cover_each_row_group_once_in_order() {
         let bytes = one_row_group(1000, true);
@@ -625,29 +637,9 @@ mod tests {
                         .collect::<Result<_, _>>()
                         .unwrap();
                 assert!(batches.iter().all(|b| b.num_rows() <= 7));
-                let ids: Vec<i64> = batches
-                    .iter()
-                    .flat_map(|b| {
-                        b.column(0)
-                            .as_any()
-                            .downcast_ref::<Int64Array>()
-                            .unwrap()
-                            .values()
-                            .to_vec()
-                    })
-                    .collect();
+                let ids = column::<arrow_array::types::Int64Type>(&batches, 0);
                 assert_eq!(ids, (0..1000).collect::<Vec<i64>>(), "{workers} threads");
-                let values: Vec<f64> = batches
-                    .iter()
-                    .flat_map(|b| {
-                        b.column(1)
-                            .as_any()
-                            .downcast_ref::<Float64Array>()
-                            .unwrap()
-                            .values()
-                            .to_vec()
-                    })
-                    .collect();
+                let values = column::<arrow_array::types::Float64Type>(&batches, 1);
                 assert!(
                     values
                         .iter()

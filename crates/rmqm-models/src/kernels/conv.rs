@@ -659,6 +659,20 @@ fn accumulate_weight_grad_grouped<T: Real>(
 mod tests {
     use super::*;
 
+    /// Input, weight and output gradient of `g`'s sizes, fixed values in [-1.2, 1.2] or so.
+    fn operands(g: &ConvGeometry) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let x = (0..g.n * g.in_size())
+            .map(|i| ((i * 37 % 17) as f64 - 8.0) / 7.0)
+            .collect();
+        let w = (0..g.c_out * g.ckk())
+            .map(|i| ((i * 11 % 13) as f64 - 6.0) / 5.0)
+            .collect();
+        let dy = (0..g.n * g.out_size())
+            .map(|i| ((i * 5 % 19) as f64 - 9.0) / 4.0)
+            .collect();
+        (x, w, dy)
+    }
+
     /// Direct convolution by definition.
     fn naive(g: &ConvGeometry, x: &[f64], w: &[f64]) -> Vec<f64> {
         let (ho, wo) = (g.ho(), g.wo());
@@ -707,15 +721,7 @@ mod tests {
             stride: 1,
             padding: 1,
         };
-        let x: Vec<f64> = (0..g.n * g.in_size())
-            .map(|i| ((i * 37 % 17) as f64 - 8.0) / 7.0)
-            .collect();
-        let w: Vec<f64> = (0..g.c_out * g.ckk())
-            .map(|i| ((i * 11 % 13) as f64 - 6.0) / 5.0)
-            .collect();
-        let dy: Vec<f64> = (0..g.n * g.out_size())
-            .map(|i| ((i * 5 % 19) as f64 - 9.0) / 4.0)
-            .collect();
+        let (x, w, dy) = operands(&g);
         let y = conv2d_forward(&g, &x, &w, None, false);
         assert!(
             y.iter()
@@ -831,12 +837,7 @@ mod tests {
                 stride,
                 padding,
             };
-            let x: Vec<f64> = (0..g.n * g.in_size())
-                .map(|i| ((i * 37 % 17) as f64 - 8.0) / 7.0)
-                .collect();
-            let w: Vec<f64> = (0..g.c_out * g.ckk())
-                .map(|i| ((i * 11 % 13) as f64 - 6.0) / 5.0)
-                .collect();
+            let (x, w, _) = operands(&g);
             let y = conv2d_forward(&g, &x, &w, None, false);
             let want = naive(&g, &x, &w);
             assert!(
@@ -867,15 +868,7 @@ mod tests {
                 stride,
                 padding,
             };
-            let x: Vec<f64> = (0..g.n * g.in_size())
-                .map(|i| ((i * 37 % 17) as f64 - 8.0) / 7.0)
-                .collect();
-            let w: Vec<f64> = (0..g.c_out * g.ckk())
-                .map(|i| ((i * 11 % 13) as f64 - 6.0) / 5.0)
-                .collect();
-            let dy: Vec<f64> = (0..g.n * g.out_size())
-                .map(|i| ((i * 5 % 19) as f64 - 9.0) / 4.0)
-                .collect();
+            let (x, w, dy) = operands(&g);
             let y = conv2d_forward_grouped(&g, &x, &w, None, false, per);
             let want = naive(&g, &x, &w);
             assert!(
