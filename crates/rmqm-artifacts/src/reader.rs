@@ -263,9 +263,10 @@ impl ArtifactReader {
 }
 
 /// Uncompressed bytes of one decoded Parquet batch. arrow-rs grows a list column's value buffer
-/// page by page with exact reservations, so the copying grows with the square of the batch:
-/// batches of about this size stay in cache (measured on the bench's 10,000 x 101 x 512 files:
-/// 8,192 rows took 3.8-4.9 s, 1,024 rows 2.3-2.9 s; for List<Float64> 13.9-18.3 s against 8.1-8.3 s).
+/// page by page with exact reservations, so the copying grows with the square of the batch
+/// (37% of a List<Float64> run at 8,192 rows, perf). Measured with manifold-stats on the bench's
+/// 10,000 x 101 x 512 files: 8,192 rows took 3.8-4.9 s, 1,024 rows 2.3-2.9 s; for List<Float64>
+/// 13.9-18.3 s against 8.1-8.3 s.
 const DECODE_BATCH_BYTES: usize = 1 << 20;
 
 /// Rows per decoded batch: about [`DECODE_BATCH_BYTES`] of the file's uncompressed rows, at most
