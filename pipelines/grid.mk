@@ -56,7 +56,7 @@ $(1)_BEFORE := $(BUILD_STAMP) $(1)-check-config
 .SECONDARY: $$($(1)_WORK)/altered/noise.parquet $$($(1)_WORK)/altered/augment.parquet
 $$($(1)_WORK)/models/%.safetensors: | $$($(1)_BEFORE)
 	@mkdir -p $$(@D)
-	$(BIN)/train-encoder --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) $$($(1)_TRAIN_ARGS) $$(call train_args,$(1),$$*) --threads $(THREADS) -o $$@
+	$(BIN)/train-encoder --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) $$($(1)_TRAIN_ARGS) $$(call train_args,$(1),$$*) --threads $$(THREADS) -o $$@
 
 # The shared walks, once per work folder (grids that share one, like paper-mnist and seeds-mnist,
 # share their models and walks).
@@ -64,47 +64,47 @@ ifeq ($$(filter $$($(1)_WORK),$$(GRID_WORK_DIRS)),)
 GRID_WORK_DIRS += $$($(1)_WORK)
 $$($(1)_WORK)/altered/noise.parquet: | $$($(1)_BEFORE)
 	@mkdir -p $$(@D)
-	$(BIN)/alter --method noise --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --steps $$($(1)_NOISE_STEPS) --seed $$($(1)_NOISE_SEED) --threads $(THREADS) -o $$@
+	$(BIN)/alter --method noise --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --steps $$($(1)_NOISE_STEPS) --seed $$($(1)_NOISE_SEED) --threads $$(THREADS) -o $$@
 
 $$($(1)_WORK)/altered/augment.parquet: | $$($(1)_BEFORE)
 	@mkdir -p $$(@D)
-	$(BIN)/alter --method augment --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --views $$($(1)_AUGMENT_VIEWS) --seed $$($(1)_NOISE_SEED) --threads $(THREADS) -o $$@
+	$(BIN)/alter --method augment --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --views $$($(1)_AUGMENT_VIEWS) --seed $$($(1)_NOISE_SEED) --threads $$(THREADS) -o $$@
 endif
 
 $$($(1)_OUT)/stats/%-noise.parquet $$($(1)_OUT)/curves/%-noise.parquet &: $$($(1)_WORK)/models/%.safetensors | $$($(1)_WORK)/altered/noise.parquet
 	@mkdir -p $$($(1)_OUT)/stats $$($(1)_OUT)/curves
-	$(BIN)/embed --model $$< --input $$($(1)_WORK)/altered/noise.parquet --threads $(THREADS) -o - \
-	  | $(BIN)/manifold-stats - --convention both --threads $(THREADS) -o $$($(1)_OUT)/stats/$$*-noise.parquet --curves $$($(1)_OUT)/curves/$$*-noise.parquet
+	$(BIN)/embed --model $$< --input $$($(1)_WORK)/altered/noise.parquet --threads $$(THREADS) -o - \
+	  | $(BIN)/manifold-stats - --convention both --threads $$(THREADS) -o $$($(1)_OUT)/stats/$$*-noise.parquet --curves $$($(1)_OUT)/curves/$$*-noise.parquet
 
 $$($(1)_OUT)/stats/%-pgd.parquet $$($(1)_OUT)/curves/%-pgd.parquet &: $$($(1)_WORK)/models/%.safetensors | $$($(1)_BEFORE)
 	@mkdir -p $$($(1)_OUT)/stats $$($(1)_OUT)/curves
-	$(BIN)/alter --method pgd --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --threads $(THREADS) -o - \
-	  | $(BIN)/embed --model $$< --input - --threads $(THREADS) -o - \
-	  | $(BIN)/manifold-stats - --convention both --threads $(THREADS) -o $$($(1)_OUT)/stats/$$*-pgd.parquet --curves $$($(1)_OUT)/curves/$$*-pgd.parquet
+	$(BIN)/alter --method pgd --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --threads $$(THREADS) -o - \
+	  | $(BIN)/embed --model $$< --input - --threads $$(THREADS) -o - \
+	  | $(BIN)/manifold-stats - --convention both --threads $$(THREADS) -o $$($(1)_OUT)/stats/$$*-pgd.parquet --curves $$($(1)_OUT)/curves/$$*-pgd.parquet
 
 $$($(1)_OUT)/stats/%-pgd-reference.parquet $$($(1)_OUT)/curves/%-pgd-reference.parquet &: $$($(1)_WORK)/models/%.safetensors | $$($(1)_BEFORE)
 	@mkdir -p $$($(1)_OUT)/stats $$($(1)_OUT)/curves
-	$(BIN)/alter --method pgd --preset reference --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_PGD_REFERENCE_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --threads $(THREADS) -o - \
-	  | $(BIN)/embed --model $$< --input - --threads $(THREADS) -o - \
-	  | $(BIN)/manifold-stats - --convention both --threads $(THREADS) -o $$($(1)_OUT)/stats/$$*-pgd-reference.parquet --curves $$($(1)_OUT)/curves/$$*-pgd-reference.parquet
+	$(BIN)/alter --method pgd --preset reference --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_PGD_REFERENCE_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --threads $$(THREADS) -o - \
+	  | $(BIN)/embed --model $$< --input - --threads $$(THREADS) -o - \
+	  | $(BIN)/manifold-stats - --convention both --threads $$(THREADS) -o $$($(1)_OUT)/stats/$$*-pgd-reference.parquet --curves $$($(1)_OUT)/curves/$$*-pgd-reference.parquet
 
 $$($(1)_OUT)/stats/%-augment.parquet: $$($(1)_WORK)/models/%.safetensors | $$($(1)_WORK)/altered/augment.parquet
 	@mkdir -p $$(@D)
-	$(BIN)/embed --model $$< --input $$($(1)_WORK)/altered/augment.parquet --threads $(THREADS) -o - \
-	  | $(BIN)/manifold-stats - --convention paper $$($(1)_LIDAR_ARGS) --threads $(THREADS) -o $$@
+	$(BIN)/embed --model $$< --input $$($(1)_WORK)/altered/augment.parquet --threads $$(THREADS) -o - \
+	  | $(BIN)/manifold-stats - --convention paper $$($(1)_LIDAR_ARGS) --threads $$(THREADS) -o $$@
 
 $$(foreach ds,$$($(1)_DOWNSTREAM),$$(eval $$(call DOWNSTREAM,$(1),$$(ds))))
 
 $$($(1)_OUT)/report/report.md: $$($(1)_STATS) $$($(1)_CURVES) $$($(1)_PROBES) | $(1)-check-config
 	@mkdir -p $$(@D)
-	$(BIN)/correlate --stats $$($(1)_STATS) --probes $$($(1)_PROBES) --curves $$($(1)_CURVES) $$($(1)_CORRELATE_ARGS) --threads $(THREADS) -o $$(@D)
+	$(BIN)/correlate --stats $$($(1)_STATS) --probes $$($(1)_PROBES) --curves $$($(1)_CURVES) $$($(1)_CORRELATE_ARGS) --threads $$(THREADS) -o $$(@D)
 
 # The report again from the stats, curves and probes already in G_OUT (a fresh clone's committed
 # results): correlate alone, nothing is trained or walked.
 .PHONY: $(1)-report
 $(1)-report: | $(BUILD_STAMP)
 	@mkdir -p $$($(1)_OUT)/report
-	$(BIN)/correlate --stats $$(wildcard $$($(1)_STATS)) --probes $$(wildcard $$($(1)_PROBES)) --curves $$(wildcard $$($(1)_CURVES)) $$($(1)_CORRELATE_ARGS) --threads $(THREADS) -o $$($(1)_OUT)/report
+	$(BIN)/correlate --stats $$(wildcard $$($(1)_STATS)) --probes $$(wildcard $$($(1)_PROBES)) --curves $$(wildcard $$($(1)_CURVES)) $$($(1)_CORRELATE_ARGS) --threads $$(THREADS) -o $$($(1)_OUT)/report
 
 # The results folder records the settings it was made with; other settings are refused.
 .PHONY: $(1) $(1)-plan $(1)-check-config
@@ -142,9 +142,9 @@ define DOWNSTREAM
 .PRECIOUS: $$($(1)_WORK)/embeddings/%-$(2).parquet
 $$($(1)_WORK)/embeddings/%-$(2).parquet: $$($(1)_WORK)/models/%.safetensors
 	@mkdir -p $$(@D)
-	$(BIN)/embed --model $$< --data-dir $$($(1)_DATA_DIR) $$($(1)_DS_$(2)_EMBED) --threads $(THREADS) -o $$@
+	$(BIN)/embed --model $$< --data-dir $$($(1)_DATA_DIR) $$($(1)_DS_$(2)_EMBED) --threads $$(THREADS) -o $$@
 
 $$($(1)_OUT)/probes/%-$(2).parquet: $$($(1)_WORK)/embeddings/%-$(2).parquet
 	@mkdir -p $$(@D)
-	$(BIN)/probe --input $$< --downstream $(2) $$($(1)_DS_$(2)_PROBE) --threads $(THREADS) -o $$@
+	$(BIN)/probe --input $$< --downstream $(2) $$($(1)_DS_$(2)_PROBE) --threads $$(THREADS) -o $$@
 endef
