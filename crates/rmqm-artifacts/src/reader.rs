@@ -308,10 +308,11 @@ fn decode_threads() -> usize {
 }
 
 /// Uncompressed bytes of a row group one decoding thread takes at a time: row groups larger than
-/// this (pyarrow and polars write up to a million rows in one) are cut into row ranges, so that
-/// several threads share them and memory stays bounded. About the size of our own row groups,
-/// which stay whole.
-const PIECE_BYTES: usize = 32 << 20;
+/// this (pyarrow and polars write up to a million rows in one; ours hold 32 MB) are cut into row
+/// ranges, so that several threads share them and memory stays bounded. Measured with
+/// manifold-stats on a 10,000 x 101 x 512 file of ours (5 alternated rounds, 2 threads): 4 MB
+/// ranges took 1.54-1.69 s and peaked at 125 MB, whole 32 MB row groups 1.93-2.30 s and 424 MB.
+const PIECE_BYTES: usize = 4 << 20;
 
 /// Rows `first_row..first_row + rows` of one row group: the unit one decoding thread decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,18 +344,55 @@ fn plan_pieces(
             n = n.max(workers);
         }
         let n = n.min(rows).max(1);
+        let starts = page_starts(metadata, rg);
         let mut first_row = 0;
-        for i in 0..n {
-            let end = rows * (i + 1) / n;
-            pieces.push(Piece {
-                row_group: rg,
-                first_row,
-                rows: end - first_row,
-            });
-            first_row = end;
+        for i in 1..=n {
+            let mut end = rows * i / n;
+            if let (Some(starts), true) = (&starts, i < n) {
+                end = nearest(starts, end);
+            }
+            if end > first_row {
+                pieces.push(Piece {
+                    row_group: rg,
+                    first_row,
+                    rows: end - first_row,
+                });
+                first_row = end;
+            }
         }
     }
     pieces
+}
+
+/// The first rows of the pages of row group `rg`'s largest column, where the file has an offset
+/// index. Cutting there gives no page of that column to two threads: with 1 MB pages and 4 MB
+/// pieces, cuts inside pages had both neighbours decompress a page per cut (zstd and
+/// List<Float64> files ran 10-20% slower than with 32 MB pieces).
+fn page_starts(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    rg: usize,
+) -> Option<Vec<usize>> {
+    let meta = metadata.row_group(rg);
+    let largest = (0..meta.num_columns()).max_by_key(|&c| meta.column(c).compressed_size())?;
+    let page_index = metadata.page_index_for_row_group(rg);
+    let pages = page_index.page_locations(largest)?;
+    Some(
+        pages
+            .iter()
+            .map(|p| p.first_row_index.max(0) as usize)
+            .collect(),
+    )
+}
+
+/// The value of `sorted` (ascending, not empty) nearest to `target`.
+fn nearest(sorted: &[usize], target: usize) -> usize {
+    let i = sorted.partition_point(|&s| s < target);
+    match (i.checked_sub(1).map(|j| sorted[j]), sorted.get(i)) {
+        (Some(below), Some(&above)) if target - below <= above - target => below,
+        (_, Some(&above)) => above,
+        (Some(below), None) => below,
+        (None, None) => target,
+    }
 }
 
 type PieceBatches = Result<Vec<RecordBatch>, arrow_schema::ArrowError>;
@@ -605,10 +643,37 @@ mod tests {
             for p in &pieces {
                 assert_eq!((p.row_group, p.first_row), (0, next));
                 assert!(p.rows > 0);
+                assert_eq!(
+                    p.first_row % 37,
+                    0,
+                    "cut at a page start (pages of 37 rows)"
+                );
                 next += p.rows;
             }
             assert_eq!(next, 1000);
         }
+        // Without an offset index the cuts are even.
+        let bytes = one_row_group(1000, false);
+        let metadata = ArrowReaderMetadata::load(&bytes, options_with_offset_index()).unwrap();
+        let firsts: Vec<usize> = plan_pieces(metadata.metadata(), 3, 0)
+            .iter()
+            .map(|p| p.first_row)
+            .collect();
+        assert_eq!(firsts, vec![0, 333, 666]);
+    }
+
+    fn options_with_offset_index() -> ArrowReaderOptions {
+        ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional)
+    }
+
+    #[test]
+    fn nearest_picks_the_closest_value() {
+        let s = [0, 37, 74, 111];
+        assert_eq!(nearest(&s, 50), 37);
+        assert_eq!(nearest(&s, 56), 74);
+        assert_eq!(nearest(&s, 500), 111);
+        assert_eq!(nearest(&s, 0), 0);
+        assert_eq!(nearest(&[40], 10), 40);
     }
 
     #[test]
