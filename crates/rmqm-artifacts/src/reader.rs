@@ -308,8 +308,8 @@ fn decode_threads() -> usize {
 /// this (pyarrow and polars write up to a million rows in one; ours hold 32 MB) are cut into row
 /// ranges, so that several threads share them and memory stays bounded. Measured with
 /// manifold-stats on a 10,000 x 101 x 512 file of ours (5 alternated rounds, 2 threads, together
-/// with manifold-stats' 1 MB chunks): 4 MB ranges took 1.54-1.69 s and peaked at 122-141 MiB,
-/// whole 32 MB row groups with 512-image chunks 1.93-2.30 s and 409-434 MiB.
+/// with manifold-stats' 1 MB chunks): 4 MB ranges took 1.54-1.69 s and peaked at 120-138 MiB,
+/// whole 32 MB row groups with 512-image chunks 1.93-2.30 s and 400-424 MiB.
 const PIECE_BYTES: usize = 4 << 20;
 
 /// Rows `first_row..first_row + rows` of one row group: the unit one decoding thread decodes.
