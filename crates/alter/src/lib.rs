@@ -461,11 +461,14 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
         "images",
     );
     let batch = args.batch_size.max(1);
-    for start in (0..set.len()).step_by(batch) {
-        let end = (start + batch).min(set.len());
-        writer.write(&walk.rows(&set, start..end)?)?;
-        bar.inc((end - start) as u64);
-    }
+    rmqm_cli::on_workers(|| -> Result<()> {
+        for start in (0..set.len()).step_by(batch) {
+            let end = (start + batch).min(set.len());
+            writer.write(&walk.rows(&set, start..end)?)?;
+            bar.inc((end - start) as u64);
+        }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     let rows = writer.finish()?;
 

@@ -269,10 +269,11 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     let model = Encoder::load(&args.model, DType::F32, &rmqm_models::device(), false)?;
     let prov = base_provenance("embed", &argv);
     let stdout = stdio.take_stdout();
-    let written = match args.dataset {
-        Some(dataset) => embed_dataset(&args, &model, dataset, prov, stdout)?,
-        None => embed_stream(&args, &model, prov, stdio.take_stdin(), stdout)?,
-    };
+    let stdin = stdio.take_stdin();
+    let written = rmqm_cli::on_workers(|| match args.dataset {
+        Some(dataset) => embed_dataset(&args, &model, dataset, prov, stdout),
+        None => embed_stream(&args, &model, prov, stdin, stdout),
+    })?;
     let mc = model.config();
     let secs = summary.elapsed().as_secs_f64().max(1e-9);
     summary.finish(&format!(

@@ -547,11 +547,12 @@ pub fn run(name: &str, out: &Path, repeats: usize) -> Result<Vec<Measure>> {
             } else {
                 repeats
             };
-            let ours = model_bench(arch, kind, false, reps)?;
+            // On a worker of the pool, as the tools run their passes (rmqm_cli::on_workers).
+            let ours = rmqm_cli::on_workers(|| model_bench(arch, kind, false, reps))?;
             let with_reference = matches!(kind, "forward" | "pgd" | "train-cross-entropy")
                 && std::env::var_os("RMQM_BENCH_NO_REFERENCE").is_none();
             let reference = if with_reference {
-                model_bench(arch, kind, true, reps)?
+                rmqm_cli::on_workers(|| model_bench(arch, kind, true, reps))?
             } else {
                 f64::NAN
             };

@@ -57,6 +57,20 @@ pub fn init_threads(threads: usize) {
     }
 }
 
+/// Runs `f` on a worker of rayon's global pool (set up first with [`init_threads`]) and returns
+/// what it returns. Parallel loops started on a worker run there, inline with one thread; started
+/// from the main thread, every one wakes the pool and puts the main thread to sleep until it is
+/// done: about 100 µs a call, measured on LeNet-5's layers at batch 256 with one thread, where a
+/// forward pass makes several such calls and a dense layer's whole product takes 40-170 µs.
+pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        // `scope` runs its closure on a worker of the current (here: global) pool.
+        rayon::scope(|_| f())
+    }
+}
+
 /// A progress bar on stderr for `total` items of `unit` (hidden when stderr is not a terminal).
 pub fn progress(total: Option<u64>, message: &str, unit: &str) -> ProgressBar {
     let bar = match total {

@@ -281,12 +281,15 @@ pub fn run(argv: Vec<String>) -> Result<()> {
     let data = training_data(&args, &data_dir)?;
     let config = model_config(&args, &data);
     let model = Encoder::init(config.clone(), DType::F32, &rmqm_models::device(), true)?;
-    let logs = train_model(&args, &model, &data)?;
-    let head = if args.evaluate {
-        Some(evaluate(&args, &model, &data_dir)?)
-    } else {
-        None
-    };
+    let (logs, head) = rmqm_cli::on_workers(|| -> Result<_> {
+        let logs = train_model(&args, &model, &data)?;
+        let head = if args.evaluate {
+            Some(evaluate(&args, &model, &data_dir)?)
+        } else {
+            None
+        };
+        Ok((logs, head))
+    })?;
     model
         .save(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
