@@ -280,8 +280,8 @@ impl Walk {
             Walk::Pgd { model, config, .. } => {
                 let mc = model.config();
                 for (k, v) in mc.to_metadata() {
-                    if let Some(k) = k.strip_prefix("rmqm.") {
-                        if !matches!(
+                    if let Some(k) = k.strip_prefix("rmqm.")
+                        && !matches!(
                             k,
                             "kind"
                                 | "version"
@@ -290,9 +290,9 @@ impl Walk {
                                 | "channels"
                                 | "height"
                                 | "width"
-                        ) {
-                            prov.set(k, v);
-                        }
+                        )
+                    {
+                        prov.set(k, v);
                     }
                 }
                 prov.set(keys::EPOCHS, mc.epochs)

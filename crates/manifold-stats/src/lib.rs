@@ -100,13 +100,14 @@ fn lidar_config(
 ) -> Result<Option<LidarConfig>> {
     let alteration = prov.get(keys::ALTERATION);
     let augment = alteration == Some("augment");
-    if args.lidar && !augment {
-        if let Some(other) = alteration {
-            bail!(
-                "{}: LiDAR needs an augment walk (alter --method augment), but this is a {other} walk",
-                path.display()
-            );
-        }
+    if args.lidar
+        && !augment
+        && let Some(other) = alteration
+    {
+        bail!(
+            "{}: LiDAR needs an augment walk (alter --method augment), but this is a {other} walk",
+            path.display()
+        );
     }
     if !(args.lidar || augment) {
         return Ok(None);
@@ -177,13 +178,12 @@ fn open_input(args: &Args, stdio: &mut Stdio) -> Result<OpenInput> {
     if let Some(meta_dim) = provenance
         .get(keys::DIM)
         .and_then(|d| d.parse::<usize>().ok())
+        && meta_dim != dim
     {
-        if meta_dim != dim {
-            bail!(
-                "{}: metadata says dim {meta_dim} but the embedding column holds {dim} values",
-                path.display()
-            );
-        }
+        bail!(
+            "{}: metadata says dim {meta_dim} but the embedding column holds {dim} values",
+            path.display()
+        );
     }
     Ok(OpenInput {
         steps: provenance.get(keys::STEPS).and_then(|s| s.parse().ok()),

@@ -170,10 +170,9 @@ fn probe_data(args: &Args, stdio: &mut Stdio) -> Result<ProbeData> {
             }
             if let (Some(ma), Some(mb)) =
                 (a.provenance.get(keys::MODEL), b.provenance.get(keys::MODEL))
+                && ma != mb
             {
-                if ma != mb {
-                    bail!("{tr} comes from model {ma} but {te} from model {mb}");
-                }
+                bail!("{tr} comes from model {ma} but {te} from model {mb}");
             }
             Ok(ProbeData {
                 provenance: args.identity.apply(a.provenance, tr),

@@ -156,12 +156,11 @@ impl ArtifactReader {
         if let Some(kv) = metadata.metadata().file_metadata().key_value_metadata() {
             let mut md = schema.metadata().clone();
             for e in kv {
-                if e.key.starts_with(crate::METADATA_PREFIX) {
-                    if let Some(v) = &e.value {
-                        if !md.contains_key(&e.key) {
-                            md.insert(e.key.clone(), v.clone());
-                        }
-                    }
+                if e.key.starts_with(crate::METADATA_PREFIX)
+                    && let Some(v) = &e.value
+                    && !md.contains_key(&e.key)
+                {
+                    md.insert(e.key.clone(), v.clone());
                 }
             }
             schema = std::sync::Arc::new(schema.as_ref().clone().with_metadata(md));

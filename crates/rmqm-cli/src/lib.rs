@@ -134,7 +134,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -313,12 +313,11 @@ impl ModelIdentity {
     pub fn apply(&self, mut prov: Provenance, input: &Input) -> Provenance {
         if let Some(m) = &self.model_id {
             prov.set(keys::MODEL, m);
-        } else if prov.get(keys::MODEL).is_none() {
-            if let Input::Path(p) = input {
-                if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
-                    prov.set(keys::MODEL, stem);
-                }
-            }
+        } else if prov.get(keys::MODEL).is_none()
+            && let Input::Path(p) = input
+            && let Some(stem) = p.file_stem().and_then(|s| s.to_str())
+        {
+            prov.set(keys::MODEL, stem);
         }
         if let Some(t) = &self.train_dataset {
             prov.set(keys::TRAIN_DATASET, t);

@@ -37,7 +37,7 @@ pub fn parse_cifar_records(
     layout: CifarLayout,
 ) -> Result<(Vec<f32>, Vec<i32>), DataError> {
     let record = layout.label_bytes() + PIXELS;
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         let whole = bytes.len() / record;
         return Err(DataError::Truncated {
             path: path.into(),

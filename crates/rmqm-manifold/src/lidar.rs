@@ -135,7 +135,7 @@ impl LidarAccumulator {
     /// have the same Q >= 2; images past `max_images` are ignored.
     pub fn add_image(&mut self, views: &[f32]) -> Result<(), LidarError> {
         let d = self.dim;
-        if views.is_empty() || views.len() % d != 0 {
+        if views.is_empty() || !views.len().is_multiple_of(d) {
             return Err(LidarError(format!(
                 "{} values are not whole {d}-dimensional views",
                 views.len()

@@ -118,12 +118,12 @@ impl TrajectoryGrouper {
                         c.label
                     )));
                 }
-                if let Some(j) = self.expected_steps {
-                    if step as usize > j {
-                        return Err(TrajectoryError(format!(
-                            "image_id {id} has step {step}, beyond J = {j} of the other images"
-                        )));
-                    }
+                if let Some(j) = self.expected_steps
+                    && step as usize > j
+                {
+                    return Err(TrajectoryError(format!(
+                        "image_id {id} has step {step}, beyond J = {j} of the other images"
+                    )));
                 }
                 c.rows.extend_from_slice(rows.row(i));
                 c.epsilons.push(eps);
@@ -132,12 +132,12 @@ impl TrajectoryGrouper {
                 if let Some(img) = self.close()? {
                     done.push(img);
                 }
-                if let Some(prev) = self.last_finished {
-                    if id <= prev {
-                        return Err(TrajectoryError(format!(
-                            "image_id {id} after image_id {prev}: rows must be sorted by (image_id, step), each image contiguous"
-                        )));
-                    }
+                if let Some(prev) = self.last_finished
+                    && id <= prev
+                {
+                    return Err(TrajectoryError(format!(
+                        "image_id {id} after image_id {prev}: rows must be sorted by (image_id, step), each image contiguous"
+                    )));
                 }
                 if step != 0 {
                     return Err(TrajectoryError(format!(

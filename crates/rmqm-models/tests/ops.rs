@@ -506,6 +506,26 @@ fn fused_conv_relu_pool_forward_equals_the_unfused_ops() {
     }
 }
 
+/// LeNet-5's two convolutions (1 -> 6 channels at 28 x 28 with padding 2, im2col + gemm; 6 -> 16
+/// at 14 x 14, the direct kernel summing 150 taps) and one with two blocks of lanes, the second
+/// partly filled (3 -> 30 with padding 1): bit for bit the unfused im2col + gemm.
+#[test]
+fn fused_conv_relu_pool_forward_equals_the_unfused_ops_at_lenet_sizes() {
+    for (i, (c_in, hw, c_out, pad)) in [(1, 28, 6, 2), (6, 14, 16, 0), (3, 23, 30, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let x = rand_tensor(&[5, c_in, hw, hw], 400 + i as u64, DType::F32);
+        let wt = rand_tensor(&[c_out, c_in, 5, 5], 410 + i as u64, DType::F32);
+        let b = rand_tensor(&[c_out], 420 + i as u64, DType::F32);
+        let fused = ops::conv2d_relu_pool(&x, &wt, &b, 1, pad).unwrap();
+        let unfused =
+            ops::max_pool2x2(&ops::conv2d(&x, &wt, Some(&b), 1, pad, true).unwrap()).unwrap();
+        assert_eq!(fused.dims(), unfused.dims(), "case {i}");
+        assert_eq!(max_abs_diff(&fused, &unfused), 0.0, "case {i}");
+    }
+}
+
 #[test]
 fn fused_conv_relu_pool_gradients_equal_the_unfused_ops_and_finite_differences() {
     for i in 0..CONV_POOL_CASES.len() {

@@ -115,7 +115,7 @@ pub fn knn_predict_many(
     if queries.is_empty() {
         return Err(ProbeError::Empty("the test (query) split"));
     }
-    if gallery.len() % dim != 0 || queries.len() % dim != 0 {
+    if !gallery.len().is_multiple_of(dim) || !queries.len().is_multiple_of(dim) {
         return Err(ProbeError::Mismatch(format!(
             "data length is not a multiple of dim {dim}"
         )));

@@ -380,7 +380,7 @@ pub fn fit_linear_probe(
 impl LinearProbe {
     /// Predicted labels for rows of `x`.
     pub fn predict(&self, x: &[f32]) -> Result<Vec<i32>, ProbeError> {
-        if x.len() % self.dim != 0 {
+        if !x.len().is_multiple_of(self.dim) {
             return Err(ProbeError::Mismatch(format!(
                 "rows of {} values, probe expects {}",
                 x.len(),

@@ -253,10 +253,11 @@ fn write_log(
         );
     let mut prov = base_provenance("train-encoder", argv);
     for (k, v) in config.to_metadata() {
-        if let Some(k) = k.strip_prefix("rmqm.") {
-            if k != "kind" && k != "version" {
-                prov.set(k, v);
-            }
+        if let Some(k) = k.strip_prefix("rmqm.")
+            && k != "kind"
+            && k != "version"
+        {
+            prov.set(k, v);
         }
     }
     prov.set(keys::KIND, "training-log")

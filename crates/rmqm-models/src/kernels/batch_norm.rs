@@ -102,7 +102,7 @@ pub fn channel_affine<T: Real>(
         "channel affine parameter sizes"
     );
     assert!(
-        c * hw == 0 || x.len() % (c * hw) == 0,
+        c * hw == 0 || x.len().is_multiple_of(c * hw),
         "channel affine input size"
     );
     if hw == 0 || c == 0 {

@@ -9,6 +9,7 @@
 use super::conv::{
     ConvGeometry, IM2COL_SLACK, accumulate_weight_grad, col2im_add, epilogue, im2col,
 };
+use super::conv_lanes::{self, LaneWeights};
 use super::gemm::{Accum, MatRef, gemm_rm};
 use super::{GradLayout, Real, Want, vec_written_by};
 use gemm::Parallelism;
@@ -47,26 +48,33 @@ pub fn conv_relu_pool_forward<T: Real>(
     if pooled == 0 {
         return (Vec::new(), codes);
     }
+    // Stride 1 (LeNet-5): the direct kernel, equal to im2col + gemm bit for bit.
+    let lane_weights = conv_lanes::suits(g).then(|| LaneWeights::new(g, weight));
+    let scratch_len = if lane_weights.is_some() {
+        conv_lanes::scratch_len(g)
+    } else {
+        ckk * hw + IM2COL_SLACK
+    };
     let write = |y: &mut [MaybeUninit<T>]| {
         y.par_chunks_mut(pooled)
             .zip(codes.par_chunks_mut(pooled))
             .enumerate()
             .for_each_init(
-                || {
-                    (
-                        vec![T::zero(); ckk * hw + IM2COL_SLACK],
-                        vec![T::zero(); g.c_out * hw],
-                    )
-                },
-                |(cols, conv), (b, (yb, cb))| {
-                    im2col(g, &x[b * g.in_size()..], cols);
-                    gemm_rm(
-                        conv,
-                        Accum::Replace,
-                        MatRef::row_major(weight, g.c_out, ckk),
-                        MatRef::row_major(cols, ckk, hw),
-                        Parallelism::None,
-                    );
+                || (vec![T::zero(); scratch_len], vec![T::zero(); g.c_out * hw]),
+                |(scratch, conv), (b, (yb, cb))| {
+                    let image = &x[b * g.in_size()..];
+                    if let Some(lw) = &lane_weights {
+                        conv_lanes::conv_image(g, image, lw, scratch, conv);
+                    } else {
+                        im2col(g, image, scratch);
+                        gemm_rm(
+                            conv,
+                            Accum::Replace,
+                            MatRef::row_major(weight, g.c_out, ckk),
+                            MatRef::row_major(scratch, ckk, hw),
+                            Parallelism::None,
+                        );
+                    }
                     epilogue(conv, hw, Some(bias), true);
                     for ((plane, yp), cp) in conv
                         .chunks_exact(hw)

@@ -12,6 +12,7 @@
 mod activation;
 mod batch_norm;
 mod conv;
+mod conv_lanes;
 mod conv_pool;
 mod dense;
 mod gemm;
@@ -49,6 +50,9 @@ pub trait Real:
     /// `if take_a { a } else { b }` computed with bit masks, so that the compiler emits no branch
     /// (for choices as unpredictable as the winner of a pooling window).
     fn select(take_a: bool, a: Self, b: Self) -> Self;
+    /// `self * a + b` rounded once: the gemm microkernel's own step, so that a direct kernel
+    /// summing in the gemm's order gets the gemm's result bit for bit.
+    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 impl Real for f32 {
     #[inline(always)]
@@ -56,12 +60,20 @@ impl Real for f32 {
         let mask = (take_a as u32).wrapping_neg();
         f32::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
     }
+    #[inline(always)]
+    fn mul_add(self, a: f32, b: f32) -> f32 {
+        f32::mul_add(self, a, b)
+    }
 }
 impl Real for f64 {
     #[inline(always)]
     fn select(take_a: bool, a: f64, b: f64) -> f64 {
         let mask = (take_a as u64).wrapping_neg();
         f64::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
+    }
+    #[inline(always)]
+    fn mul_add(self, a: f64, b: f64) -> f64 {
+        f64::mul_add(self, a, b)
     }
 }
 
