@@ -506,15 +506,21 @@ fn fused_conv_relu_pool_forward_equals_the_unfused_ops() {
     }
 }
 
-/// LeNet-5's two convolutions (1 -> 6 channels at 28 x 28 with padding 2, im2col + gemm; 6 -> 16
-/// at 14 x 14, the direct kernel summing 150 taps) and one with two blocks of lanes, the second
-/// partly filled (3 -> 30 with padding 1): bit for bit the unfused im2col + gemm.
+/// The convolutions of lenet5 (1 -> 6 channels at 28 x 28; 6 -> 16 at 12 x 12) and of
+/// lenet5-classic (padding 2 on the first; 6 -> 16 at 14 x 14), through both direct kernels
+/// (output positions in lanes for 6 channels, output channels in lanes for 16, in runs of 8 and
+/// of 10 positions, summing up to 150 taps), and one with two blocks of channel lanes, the
+/// second partly filled (3 -> 30 with padding 1): bit for bit the unfused im2col + gemm.
 #[test]
 fn fused_conv_relu_pool_forward_equals_the_unfused_ops_at_lenet_sizes() {
-    for (i, (c_in, hw, c_out, pad)) in [(1, 28, 6, 2), (6, 14, 16, 0), (3, 23, 30, 1)]
-        .into_iter()
-        .enumerate()
-    {
+    let cases = [
+        (1, 28, 6, 0),
+        (6, 12, 16, 0),
+        (1, 28, 6, 2),
+        (6, 14, 16, 0),
+        (3, 23, 30, 1),
+    ];
+    for (i, (c_in, hw, c_out, pad)) in cases.into_iter().enumerate() {
         let x = rand_tensor(&[5, c_in, hw, hw], 400 + i as u64, DType::F32);
         let wt = rand_tensor(&[c_out, c_in, 5, 5], 410 + i as u64, DType::F32);
         let b = rand_tensor(&[c_out], 420 + i as u64, DType::F32);

@@ -1,55 +1,80 @@
-//! Direct 2-D convolution of one image with the output channels in SIMD lanes, for LeNet-5's
-//! small images: each output position of a short run keeps a block of [`LANES`] channels in
-//! registers while the kernel's taps stream past. No im2col copy, no operand packing, no gemm call
-//! per image. The taps are summed in im2col's row order with one fused multiply-add each, from
-//! zero, as the gemm microkernel does, so the result equals im2col + gemm bit for bit.
+//! Direct 2-D convolution of one image in SIMD lanes, for LeNet-5's small images, in two layouts:
+//! the output **channels** in lanes when there are many (its second convolution, 16 channels of
+//! 10 x 10: each position of a short run keeps its channels in registers while the taps stream
+//! past), the output **positions** of a row in lanes when there are few channels (its first, 6
+//! channels of 28 x 28: each channel keeps a row's 32 positions in registers). No im2col copy, no
+//! operand packing, no gemm call per image. Every output sums its taps in im2col's row order with
+//! one fused multiply-add each, from zero, as the gemm microkernel does, so the result equals
+//! im2col + gemm bit for bit.
 
 use super::Real;
 use super::conv::ConvGeometry;
 
-/// Output channels computed together (one 512-bit register of f32).
+/// Lanes of one register (512 bits of f32): output channels, or output positions of a row.
 pub const LANES: usize = 16;
-/// Output positions of a row computed together (their accumulators stay in registers): LeNet-5's
-/// 10-wide rows in one run (8 ran 1.5x slower, 12 1.2x).
+/// Channel layout: output positions of a row computed together (their accumulators stay in
+/// registers), 8 or 10, whichever covers a row with fewer wasted positions: LeNet-5's 8-wide rows
+/// ran 1.15x faster in runs of 8 than of 10, lenet5-classic's 10-wide ones 1.5x faster in runs
+/// of 10 than of 8 (and 1.2x than of 12).
+const RUNS: [usize; 2] = [8, 10];
+/// The longest run.
 const RUN: usize = 10;
+/// Position layout: output positions of a row computed together, two registers.
+const ROW: usize = 2 * LANES;
+/// Position layout: at most this many output channels (two registers each).
+const MAX_ROW_CHANNELS: usize = 8;
 
-/// True when [`conv_image`] should compute `g`: stride 1, and output channels that fill at least
-/// three quarters of each block of lanes. LeNet-5's second convolution (16 channels) runs 1.9x
-/// faster than im2col + gemm; its first (6 channels, 6 of 16 lanes) ran 1.4x slower, so it
-/// stays with the gemm.
-pub fn suits(g: &ConvGeometry) -> bool {
-    let partial = g.c_out % LANES;
-    g.stride == 1 && g.c_out > 0 && g.ckk() > 0 && (partial == 0 || partial * 4 >= LANES * 3)
+/// A convolution's weights laid out for one of the two direct kernels.
+pub enum DirectConv<T> {
+    /// Output channels in lanes: per block of [`LANES`] channels, tap by tap (im2col's row
+    /// order), the block's channels side by side, zero past the last channel.
+    Channels {
+        /// The laid-out weights.
+        data: Vec<T>,
+    },
+    /// Output positions in lanes: the OIHW weights as they are, for `C` channels.
+    Positions {
+        /// The weights (c_out x taps).
+        data: Vec<T>,
+    },
 }
 
-/// The weights (OIHW) laid out for [`conv_image`]: per block of [`LANES`] output channels, tap
-/// by tap (im2col's row order), the block's channels side by side, zero past the last channel.
-pub struct LaneWeights<T> {
-    data: Vec<T>,
-    taps: usize,
-}
-
-impl<T: Real> LaneWeights<T> {
-    /// Lays out `weight` (c_out x c_in*kh*kw) of `g`.
-    pub fn new(g: &ConvGeometry, weight: &[T]) -> Self {
+impl<T: Real> DirectConv<T> {
+    /// The direct kernel for `g` with `weight` (c_out x c_in*kh*kw), or `None` when im2col + gemm
+    /// is the better choice. Stride 1 only. Channels in lanes when they fill at least three
+    /// quarters of each block (LeNet-5's 16: 1.9x faster than im2col + gemm at batch 256; its 6
+    /// ran 1.4x slower that way); positions in lanes for at most 8 channels.
+    pub fn plan(g: &ConvGeometry, weight: &[T]) -> Option<Self> {
         let taps = g.ckk();
         assert_eq!(weight.len(), g.c_out * taps, "convolution weight size");
-        let blocks = g.c_out.div_ceil(LANES);
-        let mut data = vec![T::zero(); blocks * taps * LANES];
-        for (co, row) in weight.chunks_exact(taps).enumerate() {
-            let (block, lane) = (co / LANES, co % LANES);
-            for (t, &v) in row.iter().enumerate() {
-                data[(block * taps + t) * LANES + lane] = v;
-            }
+        if g.stride != 1 || g.c_out == 0 || taps == 0 {
+            return None;
         }
-        LaneWeights { data, taps }
+        let partial = g.c_out % LANES;
+        if partial == 0 || partial * 4 >= LANES * 3 {
+            let blocks = g.c_out.div_ceil(LANES);
+            let mut data = vec![T::zero(); blocks * taps * LANES];
+            for (co, row) in weight.chunks_exact(taps).enumerate() {
+                let (block, lane) = (co / LANES, co % LANES);
+                for (t, &v) in row.iter().enumerate() {
+                    data[(block * taps + t) * LANES + lane] = v;
+                }
+            }
+            Some(DirectConv::Channels { data })
+        } else if g.c_out <= MAX_ROW_CHANNELS {
+            Some(DirectConv::Positions {
+                data: weight.to_vec(),
+            })
+        } else {
+            None
+        }
     }
 }
 
 /// Elements of the padded-image scratch [`conv_image`] needs for `g`.
 pub fn scratch_len(g: &ConvGeometry) -> usize {
     let (hp, wp) = padded_dims(g);
-    g.c_in * hp * wp + RUN + g.kw
+    g.c_in * hp * wp + ROW.max(RUN) + g.kw
 }
 
 /// Rows and columns of one zero-padded input plane.
@@ -57,27 +82,24 @@ fn padded_dims(g: &ConvGeometry) -> (usize, usize) {
     (g.h + 2 * g.padding, g.w + 2 * g.padding)
 }
 
-/// Convolves the image (c_in, h, w) at the start of `x` with `weights` into `out` (c_out planes
-/// of ho * wo, no bias), using `scratch` ([`scratch_len`] elements) for the padded image.
+/// Convolves the image (c_in, h, w) at the start of `x` with `plan` (made for `g`) into `out`
+/// (c_out planes of ho * wo, no bias), using `scratch` ([`scratch_len`] elements) for the padded
+/// image.
 pub fn conv_image<T: Real>(
     g: &ConvGeometry,
     x: &[T],
-    weights: &LaneWeights<T>,
+    plan: &DirectConv<T>,
     scratch: &mut [T],
     out: &mut [T],
 ) {
-    assert!(suits(g), "direct convolution needs stride 1");
-    let (ho, wo) = (g.ho(), g.wo());
-    let hw = ho * wo;
-    let (hp, wp) = padded_dims(g);
+    let (hw, taps) = (g.ho() * g.wo(), g.ckk());
+    assert!(g.stride == 1, "direct convolution needs stride 1");
     assert!(
-        x.len() >= g.in_size()
-            && scratch.len() >= scratch_len(g)
-            && out.len() >= g.c_out * hw
-            && weights.taps == g.ckk(),
+        x.len() >= g.in_size() && scratch.len() >= scratch_len(g) && out.len() >= g.c_out * hw,
         "direct convolution operand sizes"
     );
     // Zero-padded copy of the image; the slack after it is read by the last run of a row.
+    let (hp, wp) = padded_dims(g);
     scratch.fill(T::zero());
     let p = g.padding;
     for ci in 0..g.c_in {
@@ -86,18 +108,67 @@ pub fn conv_image<T: Real>(
             scratch[(ci * hp + i + p) * wp + p..][..g.w].copy_from_slice(src);
         }
     }
-    let taps = weights.taps;
-    for (block, block_weights) in weights.data.chunks_exact(taps * LANES).enumerate() {
+    match plan {
+        DirectConv::Channels { data } => {
+            assert_eq!(
+                data.len(),
+                g.c_out.div_ceil(LANES) * taps * LANES,
+                "plan for g"
+            );
+            channels_in_lanes(g, data, scratch, out);
+        }
+        DirectConv::Positions { data } => {
+            assert!(
+                data.len() == g.c_out * taps && g.c_out <= MAX_ROW_CHANNELS,
+                "plan for g"
+            );
+            positions_in_lanes(g, data, scratch, out);
+        }
+    }
+}
+
+/// The input rows one output row (and run) reads, in tap order: (input channel, kernel row),
+/// each from column `oj` on, `len` values.
+fn tap_rows<'a, T>(
+    g: &'a ConvGeometry,
+    scratch: &'a [T],
+    oi: usize,
+    oj: usize,
+    len: usize,
+) -> impl Iterator<Item = &'a [T]> + 'a {
+    let (hp, wp) = padded_dims(g);
+    (0..g.c_in * g.kh).map(move |r| {
+        let (ci, ki) = (r / g.kh, r % g.kh);
+        &scratch[(ci * hp + oi + ki) * wp + oj..][..len]
+    })
+}
+
+/// The channel layout's loop in runs of 8 or 10 positions ([`RUNS`]).
+fn channels_in_lanes<T: Real>(g: &ConvGeometry, weights: &[T], scratch: &[T], out: &mut [T]) {
+    let covered = |run: usize| g.wo().div_ceil(run) * run;
+    if covered(RUNS[0]) <= covered(RUNS[1]) {
+        channels_in_lanes_by::<T, { RUNS[0] }>(g, weights, scratch, out)
+    } else {
+        channels_in_lanes_by::<T, { RUNS[1] }>(g, weights, scratch, out)
+    }
+}
+
+/// The channel layout's loop: blocks of channels, rows, runs of `R` positions.
+fn channels_in_lanes_by<T: Real, const R: usize>(
+    g: &ConvGeometry,
+    weights: &[T],
+    scratch: &[T],
+    out: &mut [T],
+) {
+    let (ho, wo) = (g.ho(), g.wo());
+    let (hw, taps) = (ho * wo, g.ckk());
+    for (block, block_weights) in weights.chunks_exact(taps * LANES).enumerate() {
         let lanes = LANES.min(g.c_out - block * LANES);
         for oi in 0..ho {
-            for oj in (0..wo).step_by(RUN) {
-                // The run's input rows, one per (input channel, kernel row), in tap order.
-                let rows = (0..g.c_in * g.kh).map(|r| {
-                    let (ci, ki) = (r / g.kh, r % g.kh);
-                    &scratch[(ci * hp + oi + ki) * wp + oj..][..RUN + g.kw]
-                });
-                let acc = run_sums(rows, g.kw, block_weights);
-                let valid = RUN.min(wo - oj);
+            for oj in (0..wo).step_by(R) {
+                let rows = tap_rows(g, scratch, oi, oj, R + g.kw);
+                let acc = run_sums::<T, R>(rows, g.kw, block_weights);
+                let valid = R.min(wo - oj);
                 for lane in 0..lanes {
                     let dst = &mut out[(block * LANES + lane) * hw + oi * wo + oj..][..valid];
                     for (d, a) in dst.iter_mut().zip(&acc) {
@@ -109,30 +180,50 @@ pub fn conv_image<T: Real>(
     }
 }
 
-/// The sums of one run: for each of its [`RUN`] positions q and each lane l, the taps summed in
-/// order, `acc = x[q + kj] * w[tap][l] + acc` from zero, over `kw` taps of each input row in turn
-/// (`rows` hold RUN + kw - 1 or more values each; `weights` hold LANES values per tap).
-fn run_sums<'a, T: Real>(
+/// The position layout's loop: rows, runs of [`ROW`] positions, all channels at once.
+fn positions_in_lanes<T: Real>(g: &ConvGeometry, weights: &[T], scratch: &[T], out: &mut [T]) {
+    let (ho, wo) = (g.ho(), g.wo());
+    let hw = ho * wo;
+    for oi in 0..ho {
+        for oj in (0..wo).step_by(ROW) {
+            let rows = tap_rows(g, scratch, oi, oj, ROW + g.kw);
+            let acc = row_sums(rows, g.kw, weights, g.c_out);
+            let valid = ROW.min(wo - oj);
+            for (c, a) in acc.iter().take(g.c_out).enumerate() {
+                out[c * hw + oi * wo + oj..][..valid].copy_from_slice(&a[..valid]);
+            }
+        }
+    }
+}
+
+/// Reinterprets a slice of `T` as f32 when `T` is f32.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+fn as_f32<T: Real>(v: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32 (checked through its dtype), so the slice reinterprets in place.
+    (T::DTYPE == candle_core::DType::F32).then(|| unsafe { &*(v as *const [T] as *const [f32]) })
+}
+
+/// The channel layout's sums of one run: for each of its `R` positions q and each lane l,
+/// `acc = x[q + kj] * w[tap][l] + acc` from zero, over `kw` taps of each input row in turn
+/// (`rows` hold R + kw - 1 or more values each; `weights` hold LANES values per tap).
+fn run_sums<'a, T: Real, const R: usize>(
     rows: impl Iterator<Item = &'a [T]>,
     kw: usize,
     weights: &[T],
-) -> [[T; LANES]; RUN] {
+) -> [[T; LANES]; R] {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    if T::DTYPE == candle_core::DType::F32 {
-        // SAFETY: T is f32 (checked through its dtype), so the slices reinterpret in place.
-        let rows = rows.map(|r| unsafe { &*(r as *const [T] as *const [f32]) });
-        // SAFETY: as for the rows.
-        let weights = unsafe { &*(weights as *const [T] as *const [f32]) };
-        let acc = avx512::run_sums_f32(rows, kw, weights);
-        // SAFETY: the same type, as above.
-        return unsafe { std::mem::transmute_copy::<[[f32; LANES]; RUN], [[T; LANES]; RUN]>(&acc) };
+    if let Some(weights) = as_f32(weights) {
+        let rows = rows.map(|r| as_f32(r).expect("f32 rows"));
+        let acc = avx512::run_sums_f32::<R>(rows, kw, weights);
+        // SAFETY: T is f32 (as_f32 returned the weights), so the arrays have the same type.
+        return unsafe { std::mem::transmute_copy::<[[f32; LANES]; R], [[T; LANES]; R]>(&acc) };
     }
-    let mut acc = [[T::zero(); LANES]; RUN];
+    let mut acc = [[T::zero(); LANES]; R];
     let mut taps = weights.chunks_exact(LANES);
     for row in rows {
         for kj in 0..kw {
             let w = taps.next().expect("a block of weights per tap");
-            for (a, &xv) in acc.iter_mut().zip(&row[kj..kj + RUN]) {
+            for (a, &xv) in acc.iter_mut().zip(&row[kj..kj + R]) {
                 for (al, &wl) in a.iter_mut().zip(w) {
                     *al = xv.mul_add(wl, *al);
                 }
@@ -142,44 +233,143 @@ fn run_sums<'a, T: Real>(
     acc
 }
 
-/// [`run_sums`] for f32 in AVX-512 registers: one register per position, the tap's weights
-/// loaded once and each input value broadcast (the compiler does not vectorise the generic loop).
+/// The position layout's sums of one row run: for each channel c < `channels` and each of the
+/// run's [`ROW`] positions q, `acc = x[q + kj] * w[c][tap] + acc` from zero, over `kw` taps of
+/// each input row in turn (`rows` hold ROW + kw - 1 or more values each; `weights` are c_out x
+/// taps). Channels from `channels` on are left zero.
+fn row_sums<'a, T: Real>(
+    rows: impl Iterator<Item = &'a [T]>,
+    kw: usize,
+    weights: &[T],
+    channels: usize,
+) -> [[T; ROW]; MAX_ROW_CHANNELS] {
+    let taps = weights.len() / channels;
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    if let Some(weights) = as_f32(weights) {
+        let rows = rows.map(|r| as_f32(r).expect("f32 rows"));
+        let acc = avx512::row_sums_f32(rows, kw, weights, channels);
+        // SAFETY: T is f32 (as_f32 returned the weights), so the arrays have the same type.
+        return unsafe {
+            std::mem::transmute_copy::<[[f32; ROW]; MAX_ROW_CHANNELS], [[T; ROW]; MAX_ROW_CHANNELS]>(
+                &acc,
+            )
+        };
+    }
+    let mut acc = [[T::zero(); ROW]; MAX_ROW_CHANNELS];
+    let mut tap = 0;
+    for row in rows {
+        for kj in 0..kw {
+            for (c, a) in acc.iter_mut().take(channels).enumerate() {
+                let w = weights[c * taps + tap];
+                for (al, &xv) in a.iter_mut().zip(&row[kj..kj + ROW]) {
+                    *al = xv.mul_add(w, *al);
+                }
+            }
+            tap += 1;
+        }
+    }
+    acc
+}
+
+/// [`run_sums`] and [`row_sums`] for f32 in AVX-512 registers (the compiler does not vectorise
+/// the generic loops): one register per position and tap weights loaded once, or two registers
+/// per channel and each weight broadcast.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 mod avx512 {
-    use super::{LANES, RUN};
+    use super::{LANES, MAX_ROW_CHANNELS, ROW};
     use std::arch::x86_64::{
-        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
+        _mm512_storeu_ps,
     };
 
+    /// Sixteen floats from the start of `v` (which must hold them) into a register.
+    #[inline(always)]
+    fn load(v: &[f32]) -> __m512 {
+        let v: &[f32; LANES] = v[..LANES].try_into().expect("sixteen floats");
+        // SAFETY: v holds LANES = 16 floats; AVX-512F is enabled for the whole program wherever
+        // this module is compiled (the cfg above), so the instruction exists. The same holds for
+        // every intrinsic below.
+        unsafe { _mm512_loadu_ps(v.as_ptr()) }
+    }
+
+    /// A register's sixteen floats.
+    #[inline(always)]
+    fn store(r: __m512) -> [f32; LANES] {
+        let mut out = [0.0f32; LANES];
+        // SAFETY: out holds 16 floats; AVX-512F as in `load`.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), r) };
+        out
+    }
+
+    /// `x * w + acc`, rounded once.
+    #[inline(always)]
+    fn fma(x: __m512, w: __m512, acc: __m512) -> __m512 {
+        // SAFETY: AVX-512F as in `load`.
+        unsafe { _mm512_fmadd_ps(x, w, acc) }
+    }
+
+    /// A register with `v` in every lane.
+    #[inline(always)]
+    fn splat(v: f32) -> __m512 {
+        // SAFETY: AVX-512F as in `load`.
+        unsafe { _mm512_set1_ps(v) }
+    }
+
+    /// A register of zeros.
+    #[inline(always)]
+    fn zero() -> __m512 {
+        // SAFETY: AVX-512F as in `load`.
+        unsafe { _mm512_setzero_ps() }
+    }
+
     /// See [`super::run_sums`].
-    pub(super) fn run_sums_f32<'a>(
+    pub(super) fn run_sums_f32<'a, const R: usize>(
         rows: impl Iterator<Item = &'a [f32]>,
         kw: usize,
         weights: &[f32],
-    ) -> [[f32; LANES]; RUN] {
-        // SAFETY: this module is compiled only where the build enables AVX-512F for the whole
-        // program (the cfg above), so the instructions exist; the same holds for each call below.
-        let zero = unsafe { _mm512_setzero_ps() };
-        let mut acc = [zero; RUN];
+    ) -> [[f32; LANES]; R] {
+        let mut acc = [zero(); R];
         let mut taps = weights.chunks_exact(LANES);
         for row in rows {
-            assert!(row.len() >= RUN + kw - 1, "a run's input row");
             for kj in 0..kw {
-                let w = taps.next().expect("a block of weights per tap");
-                // SAFETY: w holds LANES = 16 floats (chunks_exact); AVX-512F as above.
-                let w = unsafe { _mm512_loadu_ps(w.as_ptr()) };
-                let xs: &[f32; RUN] = row[kj..kj + RUN].try_into().expect("a run of inputs");
+                let w = load(taps.next().expect("a block of weights per tap"));
+                let xs: &[f32; R] = row[kj..kj + R].try_into().expect("a run of inputs");
                 for (a, &xv) in acc.iter_mut().zip(xs) {
-                    // SAFETY: AVX-512F as above.
-                    *a = unsafe { _mm512_fmadd_ps(_mm512_set1_ps(xv), w, *a) };
+                    *a = fma(splat(xv), w, *a);
                 }
             }
         }
-        let mut out = [[0.0f32; LANES]; RUN];
-        for (o, a) in out.iter_mut().zip(acc) {
-            // SAFETY: o holds LANES = 16 floats; AVX-512F as above.
-            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+        acc.map(store)
+    }
+
+    /// See [`super::row_sums`].
+    pub(super) fn row_sums_f32<'a>(
+        rows: impl Iterator<Item = &'a [f32]>,
+        kw: usize,
+        weights: &[f32],
+        channels: usize,
+    ) -> [[f32; ROW]; MAX_ROW_CHANNELS] {
+        assert!(channels <= MAX_ROW_CHANNELS, "at most eight channels");
+        let taps = weights.len() / channels;
+        let mut lo = [zero(); MAX_ROW_CHANNELS];
+        let mut hi = [zero(); MAX_ROW_CHANNELS];
+        let mut tap = 0;
+        for row in rows {
+            for kj in 0..kw {
+                let (x0, x1) = (load(&row[kj..]), load(&row[kj + LANES..]));
+                for c in 0..channels {
+                    let w = splat(weights[c * taps + tap]);
+                    lo[c] = fma(x0, w, lo[c]);
+                    hi[c] = fma(x1, w, hi[c]);
+                }
+                tap += 1;
+            }
         }
-        out
+        std::array::from_fn(|c| {
+            let mut out = [0.0f32; ROW];
+            out[..LANES].copy_from_slice(&store(lo[c]));
+            out[LANES..].copy_from_slice(&store(hi[c]));
+            out
+        })
     }
 }

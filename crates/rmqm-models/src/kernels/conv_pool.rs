@@ -9,7 +9,7 @@
 use super::conv::{
     ConvGeometry, IM2COL_SLACK, accumulate_weight_grad, col2im_add, epilogue, im2col,
 };
-use super::conv_lanes::{self, LaneWeights};
+use super::conv_lanes::{self, DirectConv};
 use super::gemm::{Accum, MatRef, gemm_rm};
 use super::{GradLayout, Real, Want, vec_written_by};
 use gemm::Parallelism;
@@ -48,9 +48,9 @@ pub fn conv_relu_pool_forward<T: Real>(
     if pooled == 0 {
         return (Vec::new(), codes);
     }
-    // Stride 1 (LeNet-5): the direct kernel, equal to im2col + gemm bit for bit.
-    let lane_weights = conv_lanes::suits(g).then(|| LaneWeights::new(g, weight));
-    let scratch_len = if lane_weights.is_some() {
+    // Stride 1 (LeNet-5): a direct kernel, equal to im2col + gemm bit for bit.
+    let direct = DirectConv::plan(g, weight);
+    let scratch_len = if direct.is_some() {
         conv_lanes::scratch_len(g)
     } else {
         ckk * hw + IM2COL_SLACK
@@ -63,8 +63,8 @@ pub fn conv_relu_pool_forward<T: Real>(
                 || (vec![T::zero(); scratch_len], vec![T::zero(); g.c_out * hw]),
                 |(scratch, conv), (b, (yb, cb))| {
                     let image = &x[b * g.in_size()..];
-                    if let Some(lw) = &lane_weights {
-                        conv_lanes::conv_image(g, image, lw, scratch, conv);
+                    if let Some(plan) = &direct {
+                        conv_lanes::conv_image(g, image, plan, scratch, conv);
                     } else {
                         im2col(g, image, scratch);
                         gemm_rm(
