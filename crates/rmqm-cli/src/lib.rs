@@ -60,8 +60,8 @@ pub fn init_threads(threads: usize) {
 /// Runs `f` on a worker of rayon's global pool (set up first with [`init_threads`]) and returns
 /// what it returns. Parallel loops started on a worker run there, inline with one thread; started
 /// from the main thread, every one wakes the pool and puts the main thread to sleep until it is
-/// done: about 100 µs a call, measured on LeNet-5's layers at batch 256 with one thread, where a
-/// forward pass makes several such calls and a dense layer's whole product takes 40-170 µs.
+/// done: about 100 µs a call, measured on lenet5-classic's dense layers at batch 256 with one
+/// thread, whose products take 40-170 µs; a forward pass makes one such call per layer.
 pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         f()

@@ -41,13 +41,22 @@ pub enum DirectConv<T> {
 
 impl<T: Real> DirectConv<T> {
     /// The direct kernel for `g` with `weight` (c_out x c_in*kh*kw), or `None` when im2col + gemm
-    /// is the better choice. Stride 1 only. Channels in lanes when they fill at least three
+    /// is the better choice. Stride 1 only; for f32, only with AVX-512. Channels in lanes when they fill at least three
     /// quarters of each block (LeNet-5's 16: 1.9x faster than im2col + gemm at batch 256; its 6
     /// ran 1.4x slower that way); positions in lanes for at most 8 channels.
     pub fn plan(g: &ConvGeometry, weight: &[T]) -> Option<Self> {
         let taps = g.ckk();
         assert_eq!(weight.len(), g.c_out * taps, "convolution weight size");
-        if g.stride != 1 || g.c_out == 0 || taps == 0 {
+        // f32 only where the AVX-512 code is compiled in: the generic loops below do not vectorise
+        // (the first version ran 10x slower than im2col + gemm), so f32 without AVX-512 stays
+        // with the gemm. f64 (the gradient checks) takes the generic loops, which share the
+        // indexing with the AVX-512 code.
+        let simd = cfg!(all(target_arch = "x86_64", target_feature = "avx512f"));
+        if (T::DTYPE == candle_core::DType::F32 && !simd)
+            || g.stride != 1
+            || g.c_out == 0
+            || taps == 0
+        {
             return None;
         }
         let partial = g.c_out % LANES;
