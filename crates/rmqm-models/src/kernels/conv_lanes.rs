@@ -17,34 +17,32 @@ pub const LANES: usize = 16;
 /// ran 1.15x faster in runs of 8 than of 10, lenet5-classic's 10-wide ones 1.5x faster in runs
 /// of 10 than of 8 (and 1.2x than of 12).
 const RUNS: [usize; 2] = [8, 10];
-/// The longest run.
-const RUN: usize = 10;
 /// Position layout: output positions of a row computed together, two registers.
 const ROW: usize = 2 * LANES;
 /// Position layout: at most this many output channels (two registers each).
 const MAX_ROW_CHANNELS: usize = 8;
 
 /// A convolution's weights laid out for one of the two direct kernels.
-pub enum DirectConv<T> {
+pub enum DirectConv<'w, T> {
     /// Output channels in lanes: per block of [`LANES`] channels, tap by tap (im2col's row
     /// order), the block's channels side by side, zero past the last channel.
     Channels {
         /// The laid-out weights.
         data: Vec<T>,
     },
-    /// Output positions in lanes: the OIHW weights as they are, for `C` channels.
+    /// Output positions in lanes: the OIHW weights as they are (borrowed).
     Positions {
         /// The weights (c_out x taps).
-        data: Vec<T>,
+        data: &'w [T],
     },
 }
 
-impl<T: Real> DirectConv<T> {
+impl<'w, T: Real> DirectConv<'w, T> {
     /// The direct kernel for `g` with `weight` (c_out x c_in*kh*kw), or `None` when im2col + gemm
     /// is the better choice. Stride 1 only; for f32, only with AVX-512. Channels in lanes when they fill at least three
     /// quarters of each block (LeNet-5's 16: 1.9x faster than im2col + gemm at batch 256; its 6
     /// ran 1.4x slower that way); positions in lanes for at most 8 channels.
-    pub fn plan(g: &ConvGeometry, weight: &[T]) -> Option<Self> {
+    pub fn plan(g: &ConvGeometry, weight: &'w [T]) -> Option<Self> {
         let taps = g.ckk();
         assert_eq!(weight.len(), g.c_out * taps, "convolution weight size");
         // f32 only where the AVX-512 code is compiled in: the generic loops below do not vectorise
@@ -71,9 +69,7 @@ impl<T: Real> DirectConv<T> {
             }
             Some(DirectConv::Channels { data })
         } else if g.c_out <= MAX_ROW_CHANNELS {
-            Some(DirectConv::Positions {
-                data: weight.to_vec(),
-            })
+            Some(DirectConv::Positions { data: weight })
         } else {
             None
         }
@@ -83,7 +79,7 @@ impl<T: Real> DirectConv<T> {
 /// Elements of the padded-image scratch [`conv_image`] needs for `g`.
 pub fn scratch_len(g: &ConvGeometry) -> usize {
     let (hp, wp) = padded_dims(g);
-    g.c_in * hp * wp + ROW.max(RUN) + g.kw
+    g.c_in * hp * wp + ROW.max(RUNS[1]) + g.kw
 }
 
 /// Rows and columns of one zero-padded input plane.
@@ -97,7 +93,7 @@ fn padded_dims(g: &ConvGeometry) -> (usize, usize) {
 pub fn conv_image<T: Real>(
     g: &ConvGeometry,
     x: &[T],
-    plan: &DirectConv<T>,
+    plan: &DirectConv<'_, T>,
     scratch: &mut [T],
     out: &mut [T],
 ) {
