@@ -1,6 +1,8 @@
 //! Atomic artifact writers: Parquet to a temporary file beside the target, renamed into place by
 //! `finish`; or an Arrow IPC stream on stdout. A writer dropped without `finish` (an error, a
-//! panic) removes its temporary file, so a failed run leaves nothing at the target path.
+//! panic) removes its temporary file, so a failed run leaves nothing at the target path. A target
+//! that is a device or a FIFO (`/dev/null`, `>(...)`) is written in place, never replaced
+//! ([`rmqm_outfile`]).
 
 use crate::{ArtifactError, Output, Provenance};
 use arrow_array::RecordBatch;
@@ -10,6 +12,7 @@ use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use rmqm_outfile::OutFile;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ const ROW_GROUP_BYTES: usize = 32 << 20;
 
 enum Sink {
     Parquet {
-        writer: ArrowWriter<BufWriter<tempfile::NamedTempFile>>,
+        writer: ArrowWriter<BufWriter<OutFile>>,
         target: PathBuf,
     },
     Ipc(arrow_ipc::writer::StreamWriter<BufWriter<Box<dyn Write + Send>>>),
@@ -63,20 +66,7 @@ impl ArtifactWriter {
                 Sink::Ipc(writer)
             }
             Output::Path(target) => {
-                let dir = match target.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                    _ => PathBuf::from("."),
-                };
-                std::fs::create_dir_all(&dir).map_err(|e| ArtifactError::io(&dir, e))?;
-                let name = target
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default();
-                let tmp = tempfile::Builder::new()
-                    .prefix(&format!(".{name}."))
-                    .suffix(".tmp")
-                    .tempfile_in(&dir)
-                    .map_err(|e| ArtifactError::io(&dir, e))?;
+                let tmp = OutFile::create(target).map_err(|e| ArtifactError::io(target, e))?;
                 let mut kv: Vec<KeyValue> = provenance
                     .to_metadata()
                     .into_iter()
@@ -164,23 +154,10 @@ impl ArtifactWriter {
                 let buffered = writer
                     .into_inner()
                     .map_err(|e| ArtifactError::corrupt(&target, e))?;
-                let tmp = buffered
+                let out = buffered
                     .into_inner()
                     .map_err(|e| ArtifactError::io(&target, e.into_error()))?;
-                tmp.as_file()
-                    .sync_data()
-                    .map_err(|e| ArtifactError::io(&target, e))?;
-                // Temporary files are private (0600); a finished artifact is an ordinary file.
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let perms = std::fs::Permissions::from_mode(0o644);
-                    tmp.as_file()
-                        .set_permissions(perms)
-                        .map_err(|e| ArtifactError::io(&target, e))?;
-                }
-                tmp.persist(&target)
-                    .map_err(|e| ArtifactError::io(&target, e.error))?;
+                out.commit().map_err(|e| ArtifactError::io(&target, e))?;
             }
             Sink::Ipc(mut w) => {
                 w.finish()

@@ -80,6 +80,52 @@ fn parquet_round_trip_keeps_rows_and_provenance() {
     );
 }
 
+/// `embed ... --output >(...)` or `--output /dev/null`: a FIFO or device at the output path is
+/// written in place. Renaming a temporary file onto it (what regular files get) would replace it:
+/// as root, `/dev/null` became an ordinary file that later readers of `/dev/null` read.
+#[cfg(target_os = "linux")]
+#[test]
+fn parquet_to_a_fifo_goes_through_it_and_leaves_it_a_fifo() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.parquet");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs")
+            .success()
+    );
+    let (sent, received) = std::sync::mpsc::channel();
+    let reader_path = fifo.clone();
+    std::thread::spawn(move || sent.send(std::fs::read(&reader_path).unwrap()).unwrap());
+    let batch = sample(4, 5, 3);
+    let mut w = VectorWriter::create(
+        &Output::Path(fifo.clone()),
+        VectorKind::Embedding,
+        4,
+        &provenance(),
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    assert_eq!(w.finish().unwrap(), 20);
+    let bytes = received
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("nothing came through the FIFO: it was replaced");
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let copy = dir.path().join("copy.parquet");
+    std::fs::write(&copy, &bytes).unwrap();
+    let mut r = VectorReader::open(&Input::Path(copy), VectorKind::Embedding, 7).unwrap();
+    let all = r.read_all().unwrap();
+    assert_eq!(all.len(), 20);
+    assert_eq!(&all.row(19), &batch.row(19));
+}
+
 #[test]
 fn ipc_stream_round_trip_through_a_pipe() {
     let sink = Shared::default();

@@ -280,7 +280,8 @@ impl Encoder {
     }
 
     /// Saves the model as safetensors (parameters and running statistics f32, batch-norm counters
-    /// int64, as in a PyTorch state dict) with the config in the metadata; atomic (temp + rename).
+    /// int64, as in a PyTorch state dict) with the config in the metadata; atomic (temp + rename; a
+    /// device or FIFO such as `/dev/null` is written in place).
     pub fn save(&self, path: &Path) -> std::result::Result<(), ModelFileError> {
         self.write_file(path)
             .map_err(|e| ModelFileError::new(path, e.to_string()))
@@ -304,28 +305,9 @@ impl Encoder {
             Some(self.config.to_metadata()),
         )
         .map_err(std::io::Error::other)?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&dir)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)?;
-        std::io::Write::write_all(&mut tmp, &bytes)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        }
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        let mut out = rmqm_outfile::OutFile::create(path)?;
+        std::io::Write::write_all(&mut out, &bytes)?;
+        out.commit()
     }
 
     /// Loads a model saved by [`Encoder::save`]; `trainable` makes its parameters `Var`s.
