@@ -33,6 +33,16 @@ impl WriteMode {
     }
 }
 
+/// `path` with symlinks resolved when it is one and its target exists; otherwise `path`.
+fn resolve_link(path: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
 enum Destination {
     Temporary(tempfile::NamedTempFile),
     InPlace(File),
@@ -46,8 +56,11 @@ pub struct OutFile {
 }
 
 impl OutFile {
-    /// Opens an output for `target`, creating its parent directories for a new regular file.
+    /// Opens an output for `target`, creating its parent directories for a new regular file. A
+    /// symlink at `target` is followed: the file it points to is replaced and the link stays
+    /// (`-o /dev/stdout` redirected to a file replaces that file, not `/dev/stdout`).
     pub fn create(target: &Path) -> io::Result<OutFile> {
+        let target = &resolve_link(target);
         let destination = match WriteMode::for_path(target) {
             WriteMode::InPlace => {
                 Destination::InPlace(OpenOptions::new().write(true).open(target)?)
@@ -83,7 +96,7 @@ impl OutFile {
         }
     }
 
-    /// The path the output goes to.
+    /// The path the output goes to (a symlink at the given path resolved).
     pub fn target(&self) -> &Path {
         &self.target
     }
@@ -166,6 +179,27 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), b"old");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "a temporary file was left behind");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_stays_and_the_file_it_points_to_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("elsewhere/real.bin");
+        std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+        std::fs::write(&real, b"old").unwrap();
+        let link = dir.path().join("link.bin");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let mut out = OutFile::create(&link).unwrap();
+        out.write_all(b"new").unwrap();
+        out.commit().unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read(&real).unwrap(), b"new");
     }
 
     #[cfg(unix)]
