@@ -2,6 +2,7 @@
 //! gradient, each split over images across cores.
 
 use super::gemm::{Accum, MatRef, gemm_into_uninit, gemm_rm};
+use super::winograd;
 use super::{GradLayout, Real, Want, vec_written_by};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -264,6 +265,9 @@ pub fn conv2d_forward<T: Real>(
     relu: bool,
 ) -> Vec<T> {
     g.check(x, weight, bias.map(<[T]>::len));
+    if winograd::applies(g) {
+        return winograd::forward(g, x, weight, bias, relu);
+    }
     let per = images_per_gemm(g);
     if per > 1 {
         return conv2d_forward_grouped(g, x, weight, bias, relu, per);
@@ -325,6 +329,9 @@ pub fn conv2d_input_grad<T: Real>(g: &ConvGeometry, dy: &[T], weight: &[T]) -> V
         "convolution output gradient size"
     );
     assert_eq!(weight.len(), g.c_out * g.ckk(), "convolution weight size");
+    if winograd::applies(g) {
+        return winograd::input_grad(g, dy, weight);
+    }
     let per = images_per_gemm(g);
     if per > 1 {
         return conv2d_input_grad_grouped(g, dy, weight, per);
@@ -370,6 +377,9 @@ pub fn conv2d_weight_grad<T: Real>(
         g.n * g.out_size(),
         "convolution output gradient size"
     );
+    if winograd::applies(g) {
+        return winograd::weight_grad(g, x, dy, want_bias);
+    }
     let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
     let parts = rayon::current_num_threads().clamp(1, g.n.max(1));
     let per = g.n.div_ceil(parts);
@@ -657,55 +667,8 @@ fn accumulate_weight_grad_grouped<T: Real>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::reference::{naive_conv as naive, operands};
     use super::*;
-
-    /// Input, weight and output gradient of `g`'s sizes, fixed values in [-1.2, 1.2] or so.
-    fn operands(g: &ConvGeometry) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let x = (0..g.n * g.in_size())
-            .map(|i| ((i * 37 % 17) as f64 - 8.0) / 7.0)
-            .collect();
-        let w = (0..g.c_out * g.ckk())
-            .map(|i| ((i * 11 % 13) as f64 - 6.0) / 5.0)
-            .collect();
-        let dy = (0..g.n * g.out_size())
-            .map(|i| ((i * 5 % 19) as f64 - 9.0) / 4.0)
-            .collect();
-        (x, w, dy)
-    }
-
-    /// Direct convolution by definition.
-    fn naive(g: &ConvGeometry, x: &[f64], w: &[f64]) -> Vec<f64> {
-        let (ho, wo) = (g.ho(), g.wo());
-        let mut y = vec![0.0; g.n * g.c_out * ho * wo];
-        for b in 0..g.n {
-            for o in 0..g.c_out {
-                for i in 0..ho {
-                    for j in 0..wo {
-                        let mut s = 0.0;
-                        for c in 0..g.c_in {
-                            for ki in 0..g.kh {
-                                for kj in 0..g.kw {
-                                    let ii = (i * g.stride + ki) as isize - g.padding as isize;
-                                    let jj = (j * g.stride + kj) as isize - g.padding as isize;
-                                    if ii >= 0
-                                        && jj >= 0
-                                        && (ii as usize) < g.h
-                                        && (jj as usize) < g.w
-                                    {
-                                        s += x[((b * g.c_in + c) * g.h + ii as usize) * g.w
-                                            + jj as usize]
-                                            * w[((o * g.c_in + c) * g.kh + ki) * g.kw + kj];
-                                    }
-                                }
-                            }
-                        }
-                        y[((b * g.c_out + o) * ho + i) * wo + j] = s;
-                    }
-                }
-            }
-        }
-        y
-    }
 
     #[test]
     fn gradients_match_the_forward_by_linearity() {

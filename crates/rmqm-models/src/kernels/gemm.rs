@@ -41,6 +41,23 @@ impl<'a, T> MatRef<'a, T> {
         }
     }
 
+    /// The `rows x cols` matrix whose rows start `row_stride` elements apart from the start of
+    /// `data` (row-major with gaps between rows).
+    pub fn row_major_strided(data: &'a [T], rows: usize, cols: usize, row_stride: usize) -> Self {
+        assert!(cols <= row_stride, "gemm row stride");
+        assert!(
+            rows == 0 || cols == 0 || data.len() >= (rows - 1) * row_stride + cols,
+            "gemm operand sizes"
+        );
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: row_stride as isize,
+            col_stride: 1,
+        }
+    }
+
     /// The transpose, on the same elements.
     pub fn t(self) -> Self {
         MatRef {

@@ -1,5 +1,6 @@
 //! Plain CPU kernels behind the custom ops, one module per family: gemm (row-major products on
-//! strided views), convolution as im2col + gemm (forward, input gradient, weight gradient),
+//! strided views), convolution as im2col + gemm (forward, input gradient, weight gradient) and
+//! 3x3 convolution by Winograd's F(2x2, 3x3),
 //! the fused convolution + ReLU + 2x2 max pool of LeNet, 2x2 max pooling with a first-maximum
 //! gradient, dense layers, batch norm, and the element-wise ReLU kernels. Generic over f32
 //! (training, inference) and f64 (gradient checks). Work is split over images across cores; each
@@ -17,6 +18,9 @@ mod conv_pool;
 mod dense;
 mod gemm;
 mod pool;
+#[cfg(test)]
+mod reference;
+mod winograd;
 
 pub use self::gemm::{Accum, MatRef, gemm_rm};
 pub use activation::{add_relu, relu_mask};
@@ -44,6 +48,7 @@ pub trait Real:
     + PartialOrd
     + std::ops::AddAssign
     + std::ops::Mul<Output = Self>
+    + std::ops::Sub<Output = Self>
     + Send
     + Sync
 {
