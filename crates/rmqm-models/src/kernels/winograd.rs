@@ -192,18 +192,18 @@ impl Layout {
 
 /// Sets `even[i] = src[2i]` and `odd[i] = src[2i + 1]`, zero past the end of `src`.
 fn deinterleave<T: Real>(src: &[T], even: &mut [T], odd: &mut [T]) {
-    let pairs = src.chunks_exact(2);
-    let last = pairs.remainder().first().copied();
-    let mut done = 0;
-    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
-        *e = pair[0];
-        *o = pair[1];
-        done += 1;
+    let len = even.len().min(odd.len());
+    let pairs = (src.len() / 2).min(len);
+    // a plain indexed loop over slices cut to length: the compiler vectorises it
+    let (src_pairs, even_pairs, odd_pairs) =
+        (&src[..2 * pairs], &mut even[..pairs], &mut odd[..pairs]);
+    for i in 0..pairs {
+        even_pairs[i] = src_pairs[2 * i];
+        odd_pairs[i] = src_pairs[2 * i + 1];
     }
-    if let Some(last) = last
-        && done < even.len()
-    {
-        even[done] = last;
+    let mut done = pairs;
+    if src.len() % 2 == 1 && done < len {
+        even[done] = src[src.len() - 1];
         odd[done] = T::zero();
         done += 1;
     }
@@ -257,10 +257,43 @@ impl<T: Real> SplitPlane<T> {
     }
 }
 
-/// `L` values of `s` from `at`.
+/// `L` values of `s` from `at`, unchecked: the tile kernels below run many of these per tile,
+/// and their callers check a whole tile row's bounds once ([`check_tile_row`]).
+///
+/// # Safety
+/// `at + L <= s.len()`.
 #[inline(always)]
-fn lanes<T: Real, const L: usize>(s: &[T], at: usize) -> [T; L] {
-    <[T; L]>::try_from(&s[at..at + L]).expect("L elements")
+unsafe fn lanes<T: Real, const L: usize>(s: &[T], at: usize) -> [T; L] {
+    debug_assert!(at + L <= s.len());
+    // SAFETY: at + L <= s.len() (this function's contract), so the L elements read lie in s;
+    // read_unaligned needs no alignment beyond T's, which s's pointer has.
+    unsafe { std::ptr::read_unaligned(s.as_ptr().add(at).cast::<[T; L]>()) }
+}
+
+/// Stores `values` at `at` of `s`, unchecked (see [`lanes`]).
+///
+/// # Safety
+/// `at + L <= s.len()`.
+#[inline(always)]
+unsafe fn store_lanes<T: Real, const L: usize>(s: &mut [T], at: usize, values: [T; L]) {
+    debug_assert!(at + L <= s.len());
+    // SAFETY: at + L <= s.len() (this function's contract), so the L elements written lie in s,
+    // which is borrowed exclusively.
+    unsafe { std::ptr::write_unaligned(s.as_mut_ptr().add(at).cast::<[T; L]>(), values) }
+}
+
+/// Panics unless every point's row holds `cols` tiles from its start in a buffer of `len`
+/// elements, and every split row (even and odd columns) holds `cols + 1`: what the tile kernels
+/// below need for tiles `i..i + L` with `i + L <= cols`.
+fn check_tile_row<T>(starts: &[usize; POINTS], cols: usize, len: usize, rows: &[(&[T], &[T])]) {
+    assert!(
+        starts.iter().all(|&s| s + cols <= len),
+        "Winograd points buffer too short"
+    );
+    assert!(
+        rows.iter().all(|(e, o)| e.len() > cols && o.len() > cols),
+        "Winograd split rows too short"
+    );
 }
 
 /// Lane-wise `f(a, b)` (a plain loop: `std::array::from_fn` is not always inlined).
@@ -291,21 +324,30 @@ fn map3<T: Real, const L: usize>(
 /// Column `k` of `d B` for tiles `i..i + L` of one input row split into `(even, odd)` columns:
 /// with d0 = even[i], d1 = odd[i], d2 = even[i + 1], d3 = odd[i + 1], columns d0 - d2, d1 + d2,
 /// d2 - d1 and d1 - d3.
+///
+/// # Safety
+/// `i + L + 1 <= even.len()` and `<= odd.len()`.
 #[inline(always)]
-fn patch_column<T: Real, const L: usize>(row: (&[T], &[T]), i: usize, k: usize) -> [T; L] {
+unsafe fn patch_column<T: Real, const L: usize>(row: (&[T], &[T]), i: usize, k: usize) -> [T; L] {
     let (even, odd) = row;
-    match k {
-        0 => map2(&lanes(even, i), &lanes(even, i + 1), |a, b| a - b),
-        1 => map2(&lanes(odd, i), &lanes(even, i + 1), |a, b| a + b),
-        2 => map2(&lanes(even, i + 1), &lanes(odd, i), |a, b| a - b),
-        _ => map2(&lanes(odd, i), &lanes(odd, i + 1), |a, b| a - b),
+    // SAFETY: every read is at i or i + 1, L lanes, within both rows (this function's contract)
+    unsafe {
+        match k {
+            0 => map2(&lanes(even, i), &lanes(even, i + 1), |a, b| a - b),
+            1 => map2(&lanes(odd, i), &lanes(even, i + 1), |a, b| a + b),
+            2 => map2(&lanes(even, i + 1), &lanes(odd, i), |a, b| a - b),
+            _ => map2(&lanes(odd, i), &lanes(odd, i + 1), |a, b| a - b),
+        }
     }
 }
 
 /// `B^T t` for column `k` of the tiles' `t = d B` (rows t0..t3): t0 - t2, t1 + t2, t2 - t1 and
 /// t1 - t3, stored as points `4r + k` at `starts[4r + k] + i` of `v`.
+///
+/// # Safety
+/// `starts[p] + i + L <= v.len()` for every point p.
 #[inline(always)]
-fn store_input_column<T: Real, const L: usize>(
+unsafe fn store_input_column<T: Real, const L: usize>(
     t: &[[T; L]; 4],
     k: usize,
     i: usize,
@@ -318,41 +360,53 @@ fn store_input_column<T: Real, const L: usize>(
         map2(&t[2], &t[1], |a, b| a - b),
         map2(&t[1], &t[3], |a, b| a - b),
     ];
-    for (r, values) in out.iter().enumerate() {
-        v[starts[r * 4 + k] + i..][..L].copy_from_slice(values);
+    for (r, values) in out.into_iter().enumerate() {
+        // SAFETY: starts[p] + i + L <= v.len() (this function's contract)
+        unsafe { store_lanes(v, starts[r * 4 + k] + i, values) };
     }
 }
 
 /// `B^T d B` for tiles `i..i + L` of a tile row whose four input rows' even and odd columns are
 /// `rows`, stored at `starts[p] + i` of `v`. One column of the 4x4 patch at a time, so that few
 /// values are live (they stay in registers).
+///
+/// # Safety
+/// `i + L + 1 <=` every row's length, and `starts[p] + i + L <= v.len()` for every point p
+/// (see [`check_tile_row`]).
 #[inline(always)]
-fn input_tiles<T: Real, const L: usize>(
+unsafe fn input_tiles<T: Real, const L: usize>(
     rows: &[(&[T], &[T]); 4],
     i: usize,
     v: &mut [T],
     starts: &[usize; POINTS],
 ) {
     for k in 0..4 {
-        let t: [[T; L]; 4] = [
-            patch_column(rows[0], i, k),
-            patch_column(rows[1], i, k),
-            patch_column(rows[2], i, k),
-            patch_column(rows[3], i, k),
-        ];
-        store_input_column(&t, k, i, v, starts);
+        // SAFETY: the reads and writes this function's contract allows
+        unsafe {
+            let t: [[T; L]; 4] = [
+                patch_column(rows[0], i, k),
+                patch_column(rows[1], i, k),
+                patch_column(rows[2], i, k),
+                patch_column(rows[3], i, k),
+            ];
+            store_input_column(&t, k, i, v, starts);
+        }
     }
 }
 
 /// `A^T m A` for tiles `i..i + L` of the points at `starts[p] + i` of `m`: the tiles' outputs
 /// (row 0 column 0, row 0 column 1, row 1 column 0, row 1 column 1).
+///
+/// # Safety
+/// `starts[p] + i + L <= m.len()` for every point p.
 #[inline(always)]
-fn output_tiles<T: Real, const L: usize>(
+unsafe fn output_tiles<T: Real, const L: usize>(
     m: &[T],
     i: usize,
     starts: &[usize; POINTS],
 ) -> [[T; L]; 4] {
-    let point = |p: usize| lanes::<T, L>(m, starts[p] + i);
+    // SAFETY: starts[p] + i + L <= m.len() (this function's contract)
+    let point = |p: usize| unsafe { lanes::<T, L>(m, starts[p] + i) };
     // A^T m: s[0][k] = m0k + m1k + m2k, s[1][k] = m1k - m2k - m3k
     let (mut s0, mut s1) = ([[T::zero(); L]; 4], [[T::zero(); L]; 4]);
     for (k, (upper, lower)) in s0.iter_mut().zip(s1.iter_mut()).enumerate() {
@@ -381,13 +435,12 @@ fn store_pairs<T: Real, const L: usize>(
 ) {
     let at = 2 * i;
     if at + 2 * L <= dst.len() {
-        for (pair, (&a, &b)) in dst[at..at + 2 * L]
-            .chunks_exact_mut(2)
-            .zip(first.iter().zip(second))
-        {
-            pair[0] = finish(a);
-            pair[1] = finish(b);
+        // interleaved in registers, then one store of 2L values
+        let mut pairs = [[T::zero(); 2]; L];
+        for l in 0..L {
+            pairs[l] = [finish(first[l]), finish(second[l])];
         }
+        dst[at..at + 2 * L].copy_from_slice(pairs.as_flattened());
     } else {
         for l in 0..L {
             if let Some(d) = dst.get_mut(at + 2 * l) {
@@ -402,15 +455,25 @@ fn store_pairs<T: Real, const L: usize>(
 
 /// `A dY A^T` for tiles `i..i + L` of a tile row whose two gradient rows' even and odd columns
 /// are `rows`, stored at `starts[p] + i` of `dm` (the adjoint of [`output_tiles`]).
+///
+/// # Safety
+/// `i + L <=` every row's length, and `starts[p] + i + L <= dm.len()` for every point p.
 #[inline(always)]
-fn gradient_tiles<T: Real, const L: usize>(
+unsafe fn gradient_tiles<T: Real, const L: usize>(
     rows: &[(&[T], &[T]); 2],
     i: usize,
     dm: &mut [T],
     starts: &[usize; POINTS],
 ) {
-    let (a, b) = (lanes::<T, L>(rows[0].0, i), lanes::<T, L>(rows[0].1, i));
-    let (c, d) = (lanes::<T, L>(rows[1].0, i), lanes::<T, L>(rows[1].1, i));
+    // SAFETY: reads at i, L lanes, within every row (this function's contract)
+    let [a, b, c, d] = unsafe {
+        [
+            lanes::<T, L>(rows[0].0, i),
+            lanes::<T, L>(rows[0].1, i),
+            lanes::<T, L>(rows[1].0, i),
+            lanes::<T, L>(rows[1].1, i),
+        ]
+    };
     let zero = [T::zero(); L];
     // A dY (4 x 2): rows (a, b), (a + c, b + d), (a - c, b - d), (-c, -d)
     let pq: [([T; L], [T; L]); 4] = [
@@ -427,8 +490,9 @@ fn gradient_tiles<T: Real, const L: usize>(
             map2(p, q, |x, y| x - y),
             map2(&zero, q, |x, y| x - y),
         ];
-        for (k, values) in row.iter().enumerate() {
-            dm[starts[r * 4 + k] + i..][..L].copy_from_slice(values);
+        for (k, values) in row.into_iter().enumerate() {
+            // SAFETY: starts[p] + i + L <= dm.len() (this function's contract)
+            unsafe { store_lanes(dm, starts[r * 4 + k] + i, values) };
         }
     }
 }
@@ -474,9 +538,12 @@ fn transform_input<T: Real>(x: &[T], at: &Layout, v: &mut [T], split: &mut Split
                 // input rows 2ty - 1 .. 2ty + 2 are split rows 2ty .. 2ty + 3
                 let rows: [(&[T], &[T]); 4] = std::array::from_fn(|r| split.row(2 * ty + r));
                 let starts = at.point_starts(j, c, ty);
-                over_tiles!(at.tiles.cols, |i, L| input_tiles::<T, L>(
-                    &rows, i, v, &starts
-                ));
+                check_tile_row(&starts, at.tiles.cols, v.len(), &rows);
+                // SAFETY: over_tiles runs tiles i..i + L with i + L <= cols, and
+                // check_tile_row asserted the bounds input_tiles needs for those
+                over_tiles!(at.tiles.cols, |i, L| unsafe {
+                    input_tiles::<T, L>(&rows, i, v, &starts)
+                });
             }
         }
     }
@@ -499,8 +566,11 @@ fn transform_output<T: Real>(m: &[T], at: &Layout, y: &mut [T], bias: Option<&[T
                 let (upper, lower) = plane[2 * ty * at.w..].split_at_mut(at.w);
                 let lower_len = if 2 * ty + 1 < at.h { at.w } else { 0 };
                 let lower = &mut lower[..lower_len];
+                check_tile_row::<T>(&starts, at.tiles.cols, m.len(), &[]);
                 over_tiles!(at.tiles.cols, |i, L| {
-                    let [y00, y01, y10, y11] = output_tiles::<T, L>(m, i, &starts);
+                    // SAFETY: over_tiles runs tiles i..i + L with i + L <= cols, and
+                    // check_tile_row asserted that every point's row holds cols tiles
+                    let [y00, y01, y10, y11] = unsafe { output_tiles::<T, L>(m, i, &starts) };
                     store_pairs(upper, i, &y00, &y01, finish);
                     store_pairs(lower, i, &y10, &y11, finish);
                 });
@@ -519,9 +589,12 @@ fn transform_output_grad<T: Real>(dy: &[T], at: &Layout, dm: &mut [T], split: &m
             for ty in 0..at.tiles.rows {
                 let rows = [split.row(2 * ty), split.row(2 * ty + 1)];
                 let starts = at.point_starts(j, c, ty);
-                over_tiles!(at.tiles.cols, |i, L| gradient_tiles::<T, L>(
-                    &rows, i, dm, &starts
-                ));
+                check_tile_row(&starts, at.tiles.cols, dm.len(), &rows);
+                // SAFETY: over_tiles runs tiles i..i + L with i + L <= cols, and
+                // check_tile_row asserted the bounds gradient_tiles needs for those
+                over_tiles!(at.tiles.cols, |i, L| unsafe {
+                    gradient_tiles::<T, L>(&rows, i, dm, &starts)
+                });
             }
         }
     }
@@ -562,37 +635,48 @@ impl<T: Real> Convolution<'_, T> {
         let (h, w) = (self.h, self.w);
         let (in_size, out_size) = (self.ins * h * w, self.outs * h * w);
         let per = images_per_group(Tiles::of(h, w).count(), n);
+        // one contiguous part of the batch per core, each with its buffers allocated once
+        let per_part = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
         let mut y = vec![T::zero(); n * out_size];
-        y.par_chunks_mut(per * out_size)
-            .zip(x.par_chunks(per * in_size))
-            .for_each_init(
-                || {
-                    let ins = Layout::new(self.ins, h, w, per);
-                    Buffers::new(&ins, &Layout::new(self.outs, h, w, per))
-                },
-                |buf, (yg, xg)| {
-                    let images = yg.len() / out_size;
-                    let (ins, outs) = (
-                        Layout::new(self.ins, h, w, images),
-                        Layout::new(self.outs, h, w, images),
-                    );
-                    let ld = ins.ld;
-                    let v = &mut buf.inputs[..ins.points_len()];
-                    transform_input(xg, &ins, v, &mut buf.split);
-                    let m = &mut buf.outputs[..outs.points_len()];
-                    for p in 0..POINTS {
-                        gemm_rm(
-                            &mut m[p * self.outs * ld..][..self.outs * ld],
-                            Accum::Replace,
-                            point_matrix(self.u, p, self.outs, self.ins),
-                            MatRef::row_major(&v[p * self.ins * ld..], self.ins, ld),
-                            Parallelism::None,
-                        );
-                    }
-                    transform_output(m, &outs, yg, self.bias, self.relu);
-                },
-            );
+        y.par_chunks_mut(per_part * out_size)
+            .zip(x.par_chunks(per_part * in_size))
+            .for_each(|(y_part, x_part)| {
+                let mut buf = Buffers::new(
+                    &Layout::new(self.ins, h, w, per),
+                    &Layout::new(self.outs, h, w, per),
+                );
+                let groups = y_part
+                    .chunks_mut(per * out_size)
+                    .zip(x_part.chunks(per * in_size));
+                for (yg, xg) in groups {
+                    self.group(yg, xg, &mut buf);
+                }
+            });
         y
+    }
+
+    /// The outputs `yg` of the whole images `xg`, at most the group size of `buf`.
+    fn group(&self, yg: &mut [T], xg: &[T], buf: &mut Buffers<T>) {
+        let (h, w) = (self.h, self.w);
+        let images = yg.len() / (self.outs * h * w);
+        let (ins, outs) = (
+            Layout::new(self.ins, h, w, images),
+            Layout::new(self.outs, h, w, images),
+        );
+        let ld = ins.ld;
+        let v = &mut buf.inputs[..ins.points_len()];
+        transform_input(xg, &ins, v, &mut buf.split);
+        let m = &mut buf.outputs[..outs.points_len()];
+        for p in 0..POINTS {
+            gemm_rm(
+                &mut m[p * self.outs * ld..][..self.outs * ld],
+                Accum::Replace,
+                point_matrix(self.u, p, self.outs, self.ins),
+                MatRef::row_major(&v[p * self.ins * ld..], self.ins, ld),
+                Parallelism::None,
+            );
+        }
+        transform_output(m, &outs, yg, self.bias, self.relu);
     }
 }
 
