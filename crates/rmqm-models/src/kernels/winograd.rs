@@ -211,10 +211,10 @@ fn deinterleave<T: Real>(src: &[T], even: &mut [T], odd: &mut [T]) {
     odd[done..].fill(T::zero());
 }
 
-/// The even and odd columns of every row of one plane, with zero rows around it: row `k` holds
-/// the plane's row `k + first_row` (zero outside), split as `even[i] = row[2i + shift]`,
-/// `odd[i] = row[2i + shift + 1]` for `i` in `0..=cols` (zero outside the row). Inputs use
-/// `first_row = shift = -1` (padding 1), output gradients `0`.
+/// The even and odd columns of every row of one plane, with zero rows around it: after
+/// [`SplitPlane::fill`] with `offset`, row `k` holds the plane's row `k + offset` (zero outside),
+/// split as `even[i] = row[2i + offset]`, `odd[i] = row[2i + offset + 1]` for `i` in `0..=cols`
+/// (zero outside the row). Inputs use `offset = -1` (padding 1), output gradients `0`.
 struct SplitPlane<T> {
     data: Vec<T>,
     len: usize,
@@ -229,6 +229,7 @@ impl<T: Real> SplitPlane<T> {
         }
     }
 
+    /// Splits the rows of `plane` (`h x w`), shifted by `offset` (-1 or 0).
     fn fill(&mut self, plane: &[T], h: usize, w: usize, offset: isize) {
         let len = self.len;
         for (k, split) in self.data.chunks_exact_mut(2 * len).enumerate() {
