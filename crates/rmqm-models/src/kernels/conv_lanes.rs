@@ -10,8 +10,18 @@
 use super::Real;
 use super::conv::ConvGeometry;
 
-/// Lanes of one register (512 bits of f32): output channels, or output positions of a row.
+/// Lanes of the channel layout's weight blocks and of the position layout's half rows: one
+/// AVX-512 register of f32, two AVX2 registers.
 pub const LANES: usize = 16;
+/// Whether f32 has hand-vectorised kernels in this build: AVX-512F, or AVX2 with FMA (the target
+/// features the build enables, `target-cpu=native`).
+const SIMD_F32: bool = cfg!(all(
+    target_arch = "x86_64",
+    any(
+        target_feature = "avx512f",
+        all(target_feature = "avx2", target_feature = "fma")
+    )
+));
 /// Channel layout: output positions of a row computed together (their accumulators stay in
 /// registers), 8 or 10, whichever covers a row with fewer wasted positions: LeNet-5's 8-wide rows
 /// ran 1.15x faster in runs of 8 than of 10, lenet5-classic's 10-wide ones 1.5x faster in runs
@@ -39,18 +49,17 @@ pub enum DirectConv<'w, T> {
 
 impl<'w, T: Real> DirectConv<'w, T> {
     /// The direct kernel for `g` with `weight` (c_out x c_in*kh*kw), or `None` when im2col + gemm
-    /// is the better choice. Stride 1 only; for f32, only with AVX-512. Channels in lanes when they fill at least three
+    /// is the better choice. Stride 1 only; for f32, only with AVX-512 or AVX2 + FMA. Channels in lanes when they fill at least three
     /// quarters of each block (LeNet-5's 16: 1.9x faster than im2col + gemm at batch 256; its 6
     /// ran 1.4x slower that way); positions in lanes for at most 8 channels.
     pub fn plan(g: &ConvGeometry, weight: &'w [T]) -> Option<Self> {
         let taps = g.ckk();
         assert_eq!(weight.len(), g.c_out * taps, "convolution weight size");
-        // f32 only where the AVX-512 code is compiled in: the generic loops below do not vectorise
-        // (the first version ran 10x slower than im2col + gemm), so f32 without AVX-512 stays
-        // with the gemm. f64 (the gradient checks) takes the generic loops, which share the
-        // indexing with the AVX-512 code.
-        let simd = cfg!(all(target_arch = "x86_64", target_feature = "avx512f"));
-        if (T::DTYPE == candle_core::DType::F32 && !simd)
+        // f32 only where the AVX-512 or AVX2 code is compiled in: the generic loops below do not
+        // vectorise (the first version ran 10x slower than im2col + gemm), so f32 without them
+        // stays with the gemm. f64 (the gradient checks) takes the generic loops, which share the
+        // indexing with the SIMD code.
+        if (T::DTYPE == candle_core::DType::F32 && !SIMD_F32)
             || g.stride != 1
             || g.c_out == 0
             || taps == 0
@@ -140,7 +149,7 @@ fn tap_rows<'a, T>(
     oi: usize,
     oj: usize,
     len: usize,
-) -> impl Iterator<Item = &'a [T]> + 'a {
+) -> impl Iterator<Item = &'a [T]> + Clone + 'a {
     let (hp, wp) = padded_dims(g);
     (0..g.c_in * g.kh).map(move |r| {
         let (ci, ki) = (r / g.kh, r % g.kh);
@@ -192,8 +201,8 @@ fn positions_in_lanes<T: Real>(g: &ConvGeometry, weights: &[T], scratch: &[T], o
     for oi in 0..ho {
         for oj in (0..wo).step_by(ROW) {
             let rows = tap_rows(g, scratch, oi, oj, ROW + g.kw);
-            let acc = row_sums(rows, g.kw, weights, g.c_out);
             let valid = ROW.min(wo - oj);
+            let acc = row_sums(rows, g.kw, weights, g.c_out, valid);
             for (c, a) in acc.iter().take(g.c_out).enumerate() {
                 out[c * hw + oi * wo + oj..][..valid].copy_from_slice(&a[..valid]);
             }
@@ -202,7 +211,13 @@ fn positions_in_lanes<T: Real>(g: &ConvGeometry, weights: &[T], scratch: &[T], o
 }
 
 /// Reinterprets a slice of `T` as f32 when `T` is f32.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    any(
+        target_feature = "avx512f",
+        all(target_feature = "avx2", target_feature = "fma")
+    )
+))]
 fn as_f32<T: Real>(v: &[T]) -> Option<&[f32]> {
     // SAFETY: T is f32 (checked through its dtype), so the slice reinterprets in place.
     (T::DTYPE == candle_core::DType::F32).then(|| unsafe { &*(v as *const [T] as *const [f32]) })
@@ -212,7 +227,7 @@ fn as_f32<T: Real>(v: &[T]) -> Option<&[f32]> {
 /// `acc = x[q + kj] * w[tap][l] + acc` from zero, over `kw` taps of each input row in turn
 /// (`rows` hold R + kw - 1 or more values each; `weights` hold LANES values per tap).
 fn run_sums<'a, T: Real, const R: usize>(
-    rows: impl Iterator<Item = &'a [T]>,
+    rows: impl Iterator<Item = &'a [T]> + Clone,
     kw: usize,
     weights: &[T],
 ) -> [[T; LANES]; R] {
@@ -220,6 +235,18 @@ fn run_sums<'a, T: Real, const R: usize>(
     if let Some(weights) = as_f32(weights) {
         let rows = rows.map(|r| as_f32(r).expect("f32 rows"));
         let acc = avx512::run_sums_f32::<R>(rows, kw, weights);
+        // SAFETY: T is f32 (as_f32 returned the weights), so the arrays have the same type.
+        return unsafe { std::mem::transmute_copy::<[[f32; LANES]; R], [[T; LANES]; R]>(&acc) };
+    }
+    #[cfg(all(
+        target_arch = "x86_64",
+        not(target_feature = "avx512f"),
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    if let Some(weights) = as_f32(weights) {
+        let rows = rows.map(|r| as_f32(r).expect("f32 rows"));
+        let acc = avx2::run_sums_f32::<R>(rows, kw, weights);
         // SAFETY: T is f32 (as_f32 returned the weights), so the arrays have the same type.
         return unsafe { std::mem::transmute_copy::<[[f32; LANES]; R], [[T; LANES]; R]>(&acc) };
     }
@@ -241,12 +268,13 @@ fn run_sums<'a, T: Real, const R: usize>(
 /// The position layout's sums of one row run: for each channel c < `channels` and each of the
 /// run's [`ROW`] positions q, `acc = x[q + kj] * w[c][tap] + acc` from zero, over `kw` taps of
 /// each input row in turn (`rows` hold ROW + kw - 1 or more values each; `weights` are c_out x
-/// taps). Channels from `channels` on are left zero.
+/// taps). Channels from `channels` on are left zero; so may be positions from `positions` on.
 fn row_sums<'a, T: Real>(
-    rows: impl Iterator<Item = &'a [T]>,
+    rows: impl Iterator<Item = &'a [T]> + Clone,
     kw: usize,
     weights: &[T],
     channels: usize,
+    positions: usize,
 ) -> [[T; ROW]; MAX_ROW_CHANNELS] {
     let taps = weights.len() / channels;
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
@@ -260,6 +288,23 @@ fn row_sums<'a, T: Real>(
             )
         };
     }
+    #[cfg(all(
+        target_arch = "x86_64",
+        not(target_feature = "avx512f"),
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    if let Some(weights) = as_f32(weights) {
+        let rows = rows.map(|r| as_f32(r).expect("f32 rows"));
+        let acc = avx2::row_sums_f32(rows, kw, weights, channels, positions);
+        // SAFETY: T is f32 (as_f32 returned the weights), so the arrays have the same type.
+        return unsafe {
+            std::mem::transmute_copy::<[[f32; ROW]; MAX_ROW_CHANNELS], [[T; ROW]; MAX_ROW_CHANNELS]>(
+                &acc,
+            )
+        };
+    }
+    let _ = positions;
     let mut acc = [[T::zero(); ROW]; MAX_ROW_CHANNELS];
     let mut tap = 0;
     for row in rows {
@@ -376,5 +421,168 @@ mod avx512 {
             out[LANES..].copy_from_slice(&store(hi[c]));
             out
         })
+    }
+}
+
+/// [`run_sums`] and [`row_sums`] for f32 in AVX2 registers of 8 lanes, where AVX-512 is not
+/// there. The same sums in the same order as [`avx512`], so bit for bit the same results: a
+/// channel block's 16 lanes in two passes of 8 (a run's 8 or 10 accumulators stay in registers),
+/// a row's positions in parts of 16 (two registers per channel) and a last part of 8 where no
+/// more are needed, each channel's tap weight broadcast.
+#[cfg(all(
+    target_arch = "x86_64",
+    not(target_feature = "avx512f"),
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod avx2 {
+    use super::{LANES, MAX_ROW_CHANNELS, ROW};
+    use std::arch::x86_64::{
+        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
+        _mm256_storeu_ps,
+    };
+
+    /// Lanes of one AVX2 register of f32.
+    const WIDTH: usize = 8;
+
+    /// Eight floats from the start of `v` (which must hold them) into a register.
+    #[inline(always)]
+    fn load(v: &[f32]) -> __m256 {
+        let v: &[f32; WIDTH] = v[..WIDTH].try_into().expect("eight floats");
+        // SAFETY: v holds WIDTH = 8 floats; AVX2 and FMA are enabled for the whole program
+        // wherever this module is compiled (the cfg above), so the instructions exist. The same
+        // holds for every intrinsic below.
+        unsafe { _mm256_loadu_ps(v.as_ptr()) }
+    }
+
+    /// Stores a register's eight floats at the start of `out` (which must have room).
+    #[inline(always)]
+    fn store(out: &mut [f32], r: __m256) {
+        let out: &mut [f32; WIDTH] = (&mut out[..WIDTH]).try_into().expect("eight floats");
+        // SAFETY: out holds 8 floats; AVX2 as in `load`.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), r) }
+    }
+
+    /// `x * w + acc`, rounded once.
+    #[inline(always)]
+    fn fma(x: __m256, w: __m256, acc: __m256) -> __m256 {
+        // SAFETY: FMA as in `load`.
+        unsafe { _mm256_fmadd_ps(x, w, acc) }
+    }
+
+    /// A register with `v` in every lane.
+    #[inline(always)]
+    fn splat(v: f32) -> __m256 {
+        // SAFETY: AVX as in `load`.
+        unsafe { _mm256_set1_ps(v) }
+    }
+
+    /// A register of zeros.
+    #[inline(always)]
+    fn zero() -> __m256 {
+        // SAFETY: AVX as in `load`.
+        unsafe { _mm256_setzero_ps() }
+    }
+
+    /// See [`super::run_sums`].
+    pub(super) fn run_sums_f32<'a, const R: usize>(
+        rows: impl Iterator<Item = &'a [f32]> + Clone,
+        kw: usize,
+        weights: &[f32],
+    ) -> [[f32; LANES]; R] {
+        let mut out = [[0.0f32; LANES]; R];
+        for half in (0..LANES).step_by(WIDTH) {
+            let mut acc = [zero(); R];
+            let mut taps = weights.chunks_exact(LANES);
+            for row in rows.clone() {
+                for kj in 0..kw {
+                    let w = load(&taps.next().expect("a block of weights per tap")[half..]);
+                    let xs: &[f32; R] = row[kj..kj + R].try_into().expect("a run of inputs");
+                    for (a, &xv) in acc.iter_mut().zip(xs) {
+                        *a = fma(splat(xv), w, *a);
+                    }
+                }
+            }
+            for (o, a) in out.iter_mut().zip(acc) {
+                store(&mut o[half..], a);
+            }
+        }
+        out
+    }
+
+    /// See [`super::row_sums`].
+    pub(super) fn row_sums_f32<'a>(
+        rows: impl Iterator<Item = &'a [f32]> + Clone,
+        kw: usize,
+        weights: &[f32],
+        channels: usize,
+        positions: usize,
+    ) -> [[f32; ROW]; MAX_ROW_CHANNELS] {
+        match channels {
+            1 => row_sums_by::<1>(rows, kw, weights, positions),
+            2 => row_sums_by::<2>(rows, kw, weights, positions),
+            3 => row_sums_by::<3>(rows, kw, weights, positions),
+            4 => row_sums_by::<4>(rows, kw, weights, positions),
+            5 => row_sums_by::<5>(rows, kw, weights, positions),
+            6 => row_sums_by::<6>(rows, kw, weights, positions),
+            7 => row_sums_by::<7>(rows, kw, weights, positions),
+            8 => row_sums_by::<8>(rows, kw, weights, positions),
+            _ => panic!("one to eight channels, not {channels}"),
+        }
+    }
+
+    /// [`row_sums_f32`] for `C` channels: parts of 16 positions while more than 8 remain, then
+    /// one of 8.
+    fn row_sums_by<'a, const C: usize>(
+        rows: impl Iterator<Item = &'a [f32]> + Clone,
+        kw: usize,
+        weights: &[f32],
+        positions: usize,
+    ) -> [[f32; ROW]; MAX_ROW_CHANNELS] {
+        let mut out = [[0.0f32; ROW]; MAX_ROW_CHANNELS];
+        let mut start = 0;
+        while start < positions.min(ROW) {
+            let regs = if positions - start > WIDTH { 2 } else { 1 };
+            let rows = rows.clone().map(|r| &r[start..]);
+            if regs == 2 {
+                let acc = row_part::<C, 2>(rows, kw, weights);
+                for (o, a) in out.iter_mut().zip(acc) {
+                    store(&mut o[start..], a[0]);
+                    store(&mut o[start + WIDTH..], a[1]);
+                }
+            } else {
+                let acc = row_part::<C, 1>(rows, kw, weights);
+                for (o, a) in out.iter_mut().zip(acc) {
+                    store(&mut o[start..], a[0]);
+                }
+            }
+            start += regs * WIDTH;
+        }
+        out
+    }
+
+    /// The sums of `REGS` x 8 positions from the start of each row, for `C` channels.
+    #[inline(always)]
+    fn row_part<'a, const C: usize, const REGS: usize>(
+        rows: impl Iterator<Item = &'a [f32]>,
+        kw: usize,
+        weights: &[f32],
+    ) -> [[__m256; REGS]; C] {
+        let taps = weights.len() / C;
+        let mut acc = [[zero(); REGS]; C];
+        let mut tap = 0;
+        for row in rows {
+            for kj in 0..kw {
+                let xs: [__m256; REGS] = std::array::from_fn(|r| load(&row[kj + r * WIDTH..]));
+                for (c, a) in acc.iter_mut().enumerate() {
+                    let w = splat(weights[c * taps + tap]);
+                    for (ar, &x) in a.iter_mut().zip(&xs) {
+                        *ar = fma(x, w, *ar);
+                    }
+                }
+                tap += 1;
+            }
+        }
+        acc
     }
 }
