@@ -3,8 +3,10 @@
 
 Usage: python3 pipelines/stage_times.py grid.log [wall_seconds]
 
-Each tool ends with a line "tool: ... in N s". A piped walk (alter | embed | manifold-stats) is
-counted once, by manifold-stats' time (the tools of a pipe run alongside); the embeddings of the
+Each tool ends with a line "tool: ... in N s". A piped walk (embed | manifold-stats for noise and
+augment, alter --emit embeddings | manifold-stats for PGD; alter | embed | manifold-stats in logs
+from before 2026-12-03) is counted once, by manifold-stats' time (the tools of a pipe run
+alongside); the embeddings of the
 downstream sets by embed's time; the rest by their own tool. Prints a Markdown table of seconds and
 shares; with wall_seconds, the share of the wall time the summaries account for.
 """
@@ -17,7 +19,7 @@ def stage(line):
         return "train-encoder (7 epochs)" if " for 0 epochs" not in line else "random-init baselines"
     if tool == "manifold-stats":
         m = re.search(r"wrote \S+-(noise|pgd-reference|pgd|augment)\.parquet", line)
-        return f"walk: {m.group(1)} (alter, embed, manifold-stats piped)" if m else "manifold-stats (other)"
+        return f"walk: {m.group(1)} (piped, manifold-stats' time)" if m else "manifold-stats (other)"
     if tool == "embed":
         # Piped walks are counted by manifold-stats; embeddings of a dataset split write a file.
         if " rows of - " in line or "altered/" in line:

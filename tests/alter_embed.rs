@@ -1,10 +1,11 @@
 //! alter and embed end to end: identical noise whatever the batching, subset or thread count; PGD
-//! raises the model's loss and respects its bounds; `alter | embed` equals the file route; clear
-//! errors for mismatched shapes and unknown ids.
+//! raises the model's loss and respects its bounds; `alter | embed` equals the file route and PGD's
+//! own embeddings; clear errors for mismatched shapes and unknown ids.
 
 use rmqm::*;
 use rmqm_artifacts::{Input, VectorBatch, VectorKind, VectorReader, keys};
 use rmqm_cli::Stdio;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 fn read_all(path: &Path, kind: VectorKind) -> (VectorBatch, rmqm_artifacts::Provenance) {
@@ -317,6 +318,102 @@ fn pgd_raises_the_loss_respects_bounds_and_restart_matches() {
     assert_eq!(w.len(), 3 * 4);
     assert_eq!(p.get(keys::ALTERATION), Some("pgd"));
     assert_eq!(p.get(keys::METHOD), Some("cross-entropy"));
+}
+
+/// `alter --method pgd --emit embeddings` writes what `alter --method pgd` then `embed` with the
+/// same model writes: the same rows bit for bit and the same metadata but for the tool and its
+/// command line, for the continuing walk (a label method and a two-view one, whose updates embed
+/// an augmented view too) and the restarting reference walk; an uneven last batch included.
+#[test]
+fn pgd_emitting_embeddings_equals_pgd_then_embed() {
+    let d = data();
+    let out = tempfile::tempdir().unwrap();
+    for (method, preset) in [
+        ("cross-entropy", None),
+        ("triplet-ss", None),
+        ("cross-entropy", Some("reference")),
+    ] {
+        let model = out.path().join(format!("{method}.safetensors"));
+        if !model.exists() {
+            train_tiny(d.path(), &model, method, "1");
+        }
+        let images = out.path().join("pgd-images.parquet");
+        let piped = out.path().join("pgd-embedded.parquet");
+        let fused = out.path().join("pgd-fused.parquet");
+        let mut walk = vec![
+            "--method",
+            "pgd",
+            "--model",
+            s(&model),
+            "--data-dir",
+            s(d.path()),
+            "--limit",
+            "11",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+        ];
+        if let Some(p) = preset {
+            walk.extend_from_slice(&["--preset", p]);
+        }
+        let with = |extra: &[&str]| {
+            let mut a = walk.clone();
+            a.extend_from_slice(extra);
+            argv("alter", &a)
+        };
+        alter_tool::run(with(&["-o", s(&images)])).unwrap();
+        embed_tool::run(argv(
+            "embed",
+            &[
+                "--model",
+                s(&model),
+                "--input",
+                s(&images),
+                "--batch-size",
+                "7",
+                "-o",
+                s(&piped),
+            ],
+        ))
+        .unwrap();
+        alter_tool::run(with(&["--emit", "embeddings", "-o", s(&fused)])).unwrap();
+        let (e, pe) = read_all(&piped, VectorKind::Embedding);
+        let (f, pf) = read_all(&fused, VectorKind::Embedding);
+        assert_eq!(f.len(), 11 * 4, "{method} {preset:?}");
+        assert_eq!(f, e, "{method} {preset:?}: rows differ");
+        let (me, mf): (BTreeMap<_, _>, BTreeMap<_, _>) = (
+            pe.iter()
+                .filter(|(k, _)| !matches!(*k, "tool" | "command"))
+                .collect(),
+            pf.iter()
+                .filter(|(k, _)| !matches!(*k, "tool" | "command"))
+                .collect(),
+        );
+        assert_eq!(mf, me, "{method} {preset:?}: metadata differs");
+        assert_eq!(pf.get(keys::KIND), Some("trajectories"));
+    }
+    // Noise has no model to embed with.
+    let never = out.path().join("never.parquet");
+    let e = alter_tool::run(argv(
+        "alter",
+        &[
+            "--method",
+            "noise",
+            "--data-dir",
+            s(d.path()),
+            "--emit",
+            "embeddings",
+            "-o",
+            s(&never),
+        ],
+    ))
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("--emit embeddings is for --method pgd"),
+        "{e:#}"
+    );
+    assert!(!never.exists());
 }
 
 #[test]

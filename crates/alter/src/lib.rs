@@ -7,7 +7,7 @@ use clap::Parser;
 use rayon::prelude::*;
 use rmqm_alter::{
     AugmentConfig, NoiseConfig, NoiseDirection, PgdConfig, PgdStep, PgdWalk, augment_view,
-    noise_image, pgd_batch,
+    noise_image, pgd_walk,
 };
 use rmqm_artifacts::{Output, VectorBatch, VectorBatchBuilder, VectorKind, VectorWriter, keys};
 use rmqm_cli::{DataDirArg, SelectionArgs, Stdio, Summary, ThreadsArg, base_provenance};
@@ -37,6 +37,17 @@ pub enum PgdPreset {
     /// onto the L-infinity ball of radius 0.3, step 2/255 on grey images (MNIST) and 1/255 on
     /// colour images (CIFAR-10); recorded as the alteration `pgd-reference`.
     Reference,
+}
+
+/// What a run writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// The altered images: an altered-image stream, `embed`'s input.
+    Images,
+    /// PGD only: the attacked model's embedding of every level, taken from the walk's own forward
+    /// passes: the trajectories `alter | embed --model` (the same model) writes, in about two
+    /// thirds of the time.
+    Embeddings,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -70,6 +81,7 @@ epsilon is 0 for the clean image and 1 for every view.",
     after_help = "Examples:\n  alter --method noise --dataset mnist --data-dir ../shared/data --split test --limit 1000 -o noise.parquet\n  \
 alter --method pgd --model m.safetensors --dataset mnist --limit 1000 -o pgd.parquet\n  \
 alter --method pgd --preset reference --model m.safetensors --dataset mnist --limit 1000 -o pgd-ref.parquet\n  \
+alter --method pgd --model m.safetensors --emit embeddings --limit 1000 -o - | manifold-stats - -o pgd-stats.parquet\n  \
 alter --method augment --views 10 --dataset mnist --limit 1000 -o - | embed --model m.safetensors -o - | manifold-stats - -o lidar.parquet\n  \
 alter --method noise --dataset mnist --limit 1000 -o - | embed --model m.safetensors -o traj.parquet\n  \
 alter --method clean --dataset kmnist --split test -o kmnist-pixels.parquet   # for an encoder outside rmqm"
@@ -120,6 +132,10 @@ pub struct Args {
     /// PGD: project onto the L-infinity ball of this radius around the clean image.
     #[arg(long)]
     pub radius: Option<f64>,
+    /// images (an altered-image stream), or, for PGD, embeddings (the attacked model's
+    /// trajectories, as `alter | embed` with the same model writes them).
+    #[arg(long, value_enum, default_value = "images")]
+    pub emit: Emit,
     /// Images processed together.
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
@@ -143,11 +159,13 @@ pub fn run(args: Vec<String>) -> Result<()> {
 enum Walk {
     /// White noise of growing variance.
     Noise(NoiseConfig),
-    /// PGD on a model's own loss; `name` is the alteration recorded (pgd or pgd-reference).
+    /// PGD on a model's own loss; `name` is the alteration recorded (pgd or pgd-reference);
+    /// `embed`: write the model's embeddings of the levels instead of the images.
     Pgd {
         model: Box<Encoder>,
         config: PgdConfig,
         name: Alteration,
+        embed: bool,
     },
     /// Views of the training augmentation.
     Augment(AugmentConfig),
@@ -163,6 +181,11 @@ impl Walk {
         }
         if args.method != AlterMethod::Pgd && args.preset.is_some() {
             bail!("--preset is for --method pgd");
+        }
+        if args.method != AlterMethod::Pgd && args.emit == Emit::Embeddings {
+            bail!(
+                "--emit embeddings is for --method pgd (pipe the images through embed: alter ... -o - | embed --model M -o -)"
+            );
         }
         if args.method == AlterMethod::Clean {
             if args.steps.is_some() {
@@ -240,6 +263,7 @@ impl Walk {
                     model: Box::new(model),
                     config,
                     name,
+                    embed: args.emit == Emit::Embeddings,
                 }
             }
         })
@@ -253,6 +277,22 @@ impl Walk {
             Walk::Augment(a) => a.views,
             Walk::Clean => 0,
         }
+    }
+
+    /// The model whose embeddings the run writes instead of images, if any.
+    fn embedding_model(&self) -> Option<&Encoder> {
+        match self {
+            Walk::Pgd {
+                model, embed: true, ..
+            } => Some(model),
+            _ => None,
+        }
+    }
+
+    /// Values per output row: the model's dim when writing embeddings, else the image size.
+    fn row_width(&self, set: &ImageSet) -> usize {
+        self.embedding_model()
+            .map_or(set.image_size(), |m| m.config().dim)
     }
 
     /// The alteration recorded in the output's metadata.
@@ -312,7 +352,7 @@ impl Walk {
         let size = set.image_size();
         let shape = (set.channels, set.height, set.width);
         let steps = self.steps();
-        let mut out = VectorBatchBuilder::new(size, range.len() * (steps + 1));
+        let mut out = VectorBatchBuilder::new(self.row_width(set), range.len() * (steps + 1));
         match self {
             Walk::Noise(noise) => {
                 let images = per_image(range.clone(), steps, |i, j| {
@@ -351,21 +391,38 @@ impl Walk {
                     |k, _| set.image(first + k),
                 );
             }
-            Walk::Pgd { model, config, .. } => {
+            Walk::Pgd {
+                model,
+                config,
+                embed,
+                ..
+            } => {
                 let clean = &set.pixels[range.start * size..range.end * size];
                 let labels: Vec<i64> = set.labels[range.clone()]
                     .iter()
                     .map(|&l| l as i64)
                     .collect();
-                let levels = pgd_batch(model, clean, &labels, &set.ids[range.clone()], config)
-                    .with_context(|| format!("PGD on images {}..{}", range.start, range.end))?;
+                let walked = pgd_walk(
+                    model,
+                    clean,
+                    &labels,
+                    &set.ids[range.clone()],
+                    config,
+                    *embed,
+                )
+                .with_context(|| format!("PGD on images {}..{}", range.start, range.end))?;
+                let (levels, width) = if *embed {
+                    (&walked.embeddings, model.config().dim)
+                } else {
+                    (&walked.images, size)
+                };
                 push_rows(
                     &mut out,
                     set,
                     range,
                     steps,
                     |j| config.alpha * j as f64,
-                    |k, j| &levels[j][k * size..(k + 1) * size],
+                    |k, j| &levels[j][k * width..(k + 1) * width],
                 );
             }
         }
@@ -408,6 +465,38 @@ fn push_rows<'a>(
     }
 }
 
+/// The output's metadata: the walk's facts; for an altered-image stream the images' shape, for
+/// embeddings the keys `embed` writes on a trajectories stream (the model's facts, its seed, the
+/// attacked model).
+fn output_provenance(
+    argv: &[String],
+    args: &Args,
+    set: &ImageSet,
+    walk: &Walk,
+) -> rmqm_artifacts::Provenance {
+    let mut prov = base_provenance("alter", argv);
+    prov.set(keys::DATASET, args.dataset.name())
+        .set(keys::SPLIT, &set.split)
+        .set(keys::SEED, args.seed)
+        .set(keys::STEPS, walk.steps());
+    walk.describe(&mut prov);
+    match walk.embedding_model() {
+        None => {
+            prov.set(keys::KIND, "altered")
+                .set(keys::CHANNELS, set.channels)
+                .set(keys::HEIGHT, set.height)
+                .set(keys::WIDTH, set.width);
+        }
+        Some(model) => {
+            let mc = model.config();
+            prov.set(keys::KIND, "trajectories")
+                .set("altered_with_model", &mc.model_id)
+                .set("model_seed", mc.seed);
+        }
+    }
+    prov
+}
+
 /// Loads the split the arguments name and selects its images.
 fn load_images(args: &Args) -> Result<ImageSet> {
     let split = args
@@ -436,22 +525,16 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     let walk = Walk::from_args(&args, &set)?;
     let steps = walk.steps();
 
-    let mut prov = base_provenance("alter", &argv);
-    prov.set(keys::KIND, "altered")
-        .set(keys::DATASET, args.dataset.name())
-        .set(keys::SPLIT, &set.split)
-        .set(keys::SEED, args.seed)
-        .set(keys::STEPS, steps)
-        .set(keys::CHANNELS, set.channels)
-        .set(keys::HEIGHT, set.height)
-        .set(keys::WIDTH, set.width);
-    walk.describe(&mut prov);
-
+    let prov = output_provenance(&argv, &args, &set, &walk);
+    let kind = match walk.embedding_model() {
+        Some(_) => VectorKind::Embedding,
+        None => VectorKind::Pixels,
+    };
     let stdout = stdio.take_stdout();
     let mut writer = VectorWriter::create_with_stdout(
         &args.output,
-        VectorKind::Pixels,
-        set.image_size(),
+        kind,
+        walk.row_width(&set),
         &prov,
         move || stdout,
     )?;
@@ -479,8 +562,12 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
         Walk::Augment(a) => format!("walk ({} views)", a.views),
         Walk::Clean => "images".into(),
     };
+    let rows_are = match walk.embedding_model() {
+        Some(m) => format!(" of {} embeddings", m.config().model_id),
+        None => String::new(),
+    };
     summary.finish(&format!(
-        "{} {what} of {} {} images x {} steps = {} rows ({:.0} images/s); wrote {}",
+        "{} {what} of {} {} images x {} steps = {} rows{rows_are} ({:.0} images/s); wrote {}",
         walk.alteration(),
         rmqm_cli::thousands(set.len() as u64),
         set.split,

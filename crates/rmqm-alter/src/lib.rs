@@ -8,4 +8,4 @@ mod pgd;
 
 pub use augment::{AugmentConfig, augment_view};
 pub use noise::{NoiseConfig, NoiseDirection, noise_image, noise_stream_key};
-pub use pgd::{PgdConfig, PgdStep, PgdWalk, pgd_batch, pgd_step};
+pub use pgd::{PgdConfig, PgdLevels, PgdStep, PgdWalk, pgd_batch, pgd_step, pgd_walk};

@@ -67,6 +67,7 @@ pub struct PgdConfig {
 /// gradient is its own; for triplet-entropy, n (mean cross-entropy + mean semihard triplet), the
 /// two terms weighed 1:1 as in training. The self-supervised methods compare each image with a
 /// seeded augmented view of it, held constant (no gradient flows through the view).
+/// Returns the loss with the embeddings of `x` the forward pass made.
 fn attack_loss(
     model: &Encoder,
     x: &Tensor,
@@ -75,7 +76,7 @@ fn attack_loss(
     ids: &[u32],
     key: u64,
     seed: u64,
-) -> Result<Tensor> {
+) -> Result<AttackLoss> {
     let cfg = model.config();
     let n = labels.len();
     let emb = model.embed(x, false)?;
@@ -116,7 +117,27 @@ fn attack_loss(
             )?
         }
     };
-    loss * n as f64
+    Ok(AttackLoss {
+        loss: (loss * n as f64)?,
+        embeddings: emb,
+    })
+}
+
+/// The attack loss of a batch and the forward pass's embeddings of it.
+struct AttackLoss {
+    /// The loss whose input gradient the step follows.
+    loss: Tensor,
+    /// The batch's embeddings (B x dim), as `Encoder::embed` computes them.
+    embeddings: Tensor,
+}
+
+/// One PGD update: the next images and the embeddings of the images it started from.
+struct PgdUpdate {
+    /// The updated batch (B images of C*H*W values).
+    next: Vec<f32>,
+    /// The model's embeddings of the batch before the update (B x dim), from the update's own
+    /// forward pass.
+    embeddings: Tensor,
 }
 
 /// One PGD update of the batch `x` (B images of C*H*W values); `clean` bounds the radius; `key`
@@ -130,6 +151,19 @@ pub fn pgd_step(
     cfg: &PgdConfig,
     key: u64,
 ) -> Result<Vec<f32>> {
+    Ok(pgd_update(model, x, clean, labels, ids, cfg, key)?.next)
+}
+
+/// [`pgd_step`] with the embeddings of `x` its forward pass made.
+fn pgd_update(
+    model: &Encoder,
+    x: &[f32],
+    clean: &[f32],
+    labels: &[i64],
+    ids: &[u32],
+    cfg: &PgdConfig,
+    key: u64,
+) -> Result<PgdUpdate> {
     let mc = model.config();
     let n = labels.len();
     let xt = Tensor::from_slice(
@@ -138,7 +172,8 @@ pub fn pgd_step(
         &rmqm_models::device(),
     )?;
     let var = Var::from_tensor(&xt)?;
-    let loss = attack_loss(model, var.as_tensor(), x, labels, ids, key, cfg.seed)?;
+    let AttackLoss { loss, embeddings } =
+        attack_loss(model, var.as_tensor(), x, labels, ids, key, cfg.seed)?;
     let grads = loss.backward()?;
     let g: Vec<f32> = match grads.get(var.as_tensor()) {
         Some(g) => g.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
@@ -146,7 +181,8 @@ pub fn pgd_step(
     };
     let alpha = cfg.alpha as f32;
     let radius = cfg.radius.map(|r| r as f32);
-    Ok(x.iter()
+    let next = x
+        .iter()
         .zip(&g)
         .zip(clean)
         .map(|((&xi, &gi), &ci)| {
@@ -169,7 +205,11 @@ pub fn pgd_step(
             }
             v.clamp(0.0, 1.0)
         })
-        .collect())
+        .collect();
+    Ok(PgdUpdate {
+        next,
+        embeddings: embeddings.detach(),
+    })
 }
 
 /// The key of update `t` of level `level` (0 for the continuing walk).
@@ -185,12 +225,48 @@ pub fn pgd_batch(
     ids: &[u32],
     cfg: &PgdConfig,
 ) -> Result<Vec<Vec<f32>>> {
-    let mut levels = vec![clean.to_vec()];
+    Ok(pgd_walk(model, clean, labels, ids, cfg, false)?.images)
+}
+
+/// A batch's walk: the images of every level and, when asked for, the model's embeddings of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgdLevels {
+    /// Levels 0..=J, each B images of C*H*W values (level 0 = clean).
+    pub images: Vec<Vec<f32>>,
+    /// Levels 0..=J, each B embeddings of the model's dim (f32), when asked for; empty otherwise.
+    pub embeddings: Vec<Vec<f32>>,
+}
+
+/// Walks a batch like [`pgd_batch`]; with `embed`, also returns the model's embedding of every
+/// level, as `Encoder::embed` computes them. The continuing walk takes them from its own
+/// updates' forward passes (level j - 1's from update j) and makes one more pass for level J: J + 1
+/// forward passes instead of 2J + 1 for walk and embedding apart. The restarting walk embeds each
+/// level after its walk.
+pub fn pgd_walk(
+    model: &Encoder,
+    clean: &[f32],
+    labels: &[i64],
+    ids: &[u32],
+    cfg: &PgdConfig,
+    embed: bool,
+) -> Result<PgdLevels> {
+    let n = labels.len();
+    let as_vec =
+        |e: &Tensor| -> Result<Vec<f32>> { e.to_dtype(DType::F32)?.flatten_all()?.to_vec1() };
+    let embed_level = |x: &[f32]| model.embed_pixels(x, n, n.max(1));
+    let mut images = vec![clean.to_vec()];
+    let mut embeddings = Vec::new();
     match cfg.walk {
         PgdWalk::Continue => {
             for j in 1..=cfg.steps {
-                let next = pgd_step(model, &levels[j - 1], clean, labels, ids, cfg, key(0, j))?;
-                levels.push(next);
+                let update = pgd_update(model, &images[j - 1], clean, labels, ids, cfg, key(0, j))?;
+                if embed {
+                    embeddings.push(as_vec(&update.embeddings)?);
+                }
+                images.push(update.next);
+            }
+            if embed {
+                embeddings.push(embed_level(&images[cfg.steps])?);
             }
         }
         PgdWalk::Restart => {
@@ -199,9 +275,15 @@ pub fn pgd_batch(
                 for t in 1..=j {
                     x = pgd_step(model, &x, clean, labels, ids, cfg, key(j, t))?;
                 }
-                levels.push(x);
+                images.push(x);
+            }
+            if embed {
+                embeddings = images
+                    .iter()
+                    .map(|x| embed_level(x))
+                    .collect::<Result<_>>()?;
             }
         }
     }
-    Ok(levels)
+    Ok(PgdLevels { images, embeddings })
 }
