@@ -152,34 +152,49 @@ fn pipe_equals_files_and_trajectories_carry_provenance() {
     ))
     .unwrap();
 
-    // The same through an OS pipe, each tool on its own thread.
+    // The same through an OS pipe, each tool on its own thread and in its own rayon pool, as two
+    // processes would be: in rayon's shared global pool a worker waiting in one tool's parallel
+    // loop may take up the other tool's job, and then the reader waits on the writer beneath it
+    // (this test hung that way once while other tests ran beside it).
+    let own_pool = || {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+    };
     let (reader, writer) = std::io::pipe().unwrap();
     let mut a2: Vec<String> = argv("alter", &alter_args);
     a2.extend(["-o".to_string(), "-".to_string()]);
+    let producer_pool = own_pool();
     let producer = std::thread::spawn(move || {
-        alter_tool::run_with(
-            a2,
-            Stdio {
-                stdin: Box::new(std::io::empty()),
-                stdout: Box::new(writer),
-                stdout_is_terminal: false,
-            },
-        )
-        .unwrap();
+        producer_pool.install(|| {
+            alter_tool::run_with(
+                a2,
+                Stdio {
+                    stdin: Box::new(std::io::empty()),
+                    stdout: Box::new(writer),
+                    stdout_is_terminal: false,
+                },
+            )
+            .unwrap()
+        });
     });
     let e = argv(
         "embed",
         &["--model", s(&model), "--input", "-", "-o", s(&traj_pipe)],
     );
-    embed_tool::run_with(
-        e,
-        Stdio {
-            stdin: Box::new(reader),
-            stdout: Box::new(std::io::sink()),
-            stdout_is_terminal: false,
-        },
-    )
-    .unwrap();
+    own_pool()
+        .install(|| {
+            embed_tool::run_with(
+                e,
+                Stdio {
+                    stdin: Box::new(reader),
+                    stdout: Box::new(std::io::sink()),
+                    stdout_is_terminal: false,
+                },
+            )
+        })
+        .unwrap();
     producer.join().unwrap();
 
     let (f, pf) = read_all(&traj_file, VectorKind::Embedding);
