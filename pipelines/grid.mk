@@ -15,9 +15,9 @@
 # does not make every other encoder's stats out of date.
 #
 # Model ids: <method>_d<dim>_<optimizer>_s<seed>; the random-init baseline: random_d<dim>_s<seed>.
-# Walks: noise and pgd (stats + curves; trajectories are never stored: embed | manifold-stats
-# and, for PGD, alter --emit embeddings | manifold-stats run as pipes; PGD's embeddings come from
-# the walk's own forward passes, the same values as alter | embed), augment (stats with LiDAR, from the shared augment walk), and
+# Walks: noise and pgd (stats + curves; trajectories are never stored: alter | embed |
+# manifold-stats run as pipes; alter --emit embeddings would skip embed, but its embeddings of a
+# small last batch differ in the last bits, so the committed results would not reproduce), augment (stats with LiDAR, from the shared augment walk), and
 # pgd-reference (the authors' PGD walk) when G_PGD_VARIANT is reference.
 
 # What a grid's public target (demo, paper-mnist, ...) makes: the grid here, or with
@@ -79,12 +79,14 @@ $$($(1)_OUT)/stats/%-noise.parquet $$($(1)_OUT)/curves/%-noise.parquet &: $$($(1
 
 $$($(1)_OUT)/stats/%-pgd.parquet $$($(1)_OUT)/curves/%-pgd.parquet &: $$($(1)_WORK)/models/%.safetensors | $$($(1)_BEFORE)
 	@mkdir -p $$($(1)_OUT)/stats $$($(1)_OUT)/curves
-	$(BIN)/alter --method pgd --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --emit embeddings --threads $$(THREADS) -o - \
+	$(BIN)/alter --method pgd --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --threads $$(THREADS) -o - \
+	  | $(BIN)/embed --model $$< --input - --threads $$(THREADS) -o - \
 	  | $(BIN)/manifold-stats - --convention both --threads $$(THREADS) -o $$($(1)_OUT)/stats/$$*-pgd.parquet --curves $$($(1)_OUT)/curves/$$*-pgd.parquet
 
 $$($(1)_OUT)/stats/%-pgd-reference.parquet $$($(1)_OUT)/curves/%-pgd-reference.parquet &: $$($(1)_WORK)/models/%.safetensors | $$($(1)_BEFORE)
 	@mkdir -p $$($(1)_OUT)/stats $$($(1)_OUT)/curves
-	$(BIN)/alter --method pgd --preset reference --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_PGD_REFERENCE_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --emit embeddings --threads $$(THREADS) -o - \
+	$(BIN)/alter --method pgd --preset reference --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_PGD_REFERENCE_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --threads $$(THREADS) -o - \
+	  | $(BIN)/embed --model $$< --input - --threads $$(THREADS) -o - \
 	  | $(BIN)/manifold-stats - --convention both --threads $$(THREADS) -o $$($(1)_OUT)/stats/$$*-pgd-reference.parquet --curves $$($(1)_OUT)/curves/$$*-pgd-reference.parquet
 
 $$($(1)_OUT)/stats/%-augment.parquet: $$($(1)_WORK)/models/%.safetensors | $$($(1)_WORK)/altered/augment.parquet

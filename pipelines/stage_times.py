@@ -4,8 +4,8 @@
 Usage: python3 pipelines/stage_times.py grid.log [wall_seconds]
 
 Each tool ends with a line "tool: ... in N s". A piped walk (embed | manifold-stats for noise and
-augment, alter --emit embeddings | manifold-stats for PGD; alter | embed | manifold-stats in logs
-from before 2026-12-03) is counted once, by manifold-stats' time (the tools of a pipe run
+augment, alter | embed | manifold-stats for PGD, or alter --emit embeddings | manifold-stats) is
+counted once, by manifold-stats' time (the tools of a pipe run
 alongside); the embeddings of the
 downstream sets by embed's time; the rest by their own tool. Prints a Markdown table of seconds and
 shares; with wall_seconds, the share of the wall time the summaries account for.

@@ -45,8 +45,8 @@ pub enum Emit {
     /// The altered images: an altered-image stream, `embed`'s input.
     Images,
     /// PGD only: the attacked model's embedding of every level, taken from the walk's own forward
-    /// passes: the trajectories `alter | embed --model` (the same model) writes, in about two
-    /// thirds of the time.
+    /// passes: the trajectories `alter | embed --model` (the same model) writes, with a third less
+    /// CPU; a small last batch's embeddings may differ from `embed`'s in the last bits.
     Embeddings,
 }
 
@@ -133,7 +133,8 @@ pub struct Args {
     #[arg(long)]
     pub radius: Option<f64>,
     /// images (an altered-image stream), or, for PGD, embeddings (the attacked model's
-    /// trajectories, as `alter | embed` with the same model writes them).
+    /// trajectories, as `alter | embed` with the same model writes them, up to the last bits of a
+    /// small last batch).
     #[arg(long, value_enum, default_value = "images")]
     pub emit: Emit,
     /// Images processed together.
