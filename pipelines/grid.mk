@@ -15,9 +15,12 @@
 # does not make every other encoder's stats out of date.
 #
 # Model ids: <method>_d<dim>_<optimizer>_s<seed>; the random-init baseline: random_d<dim>_s<seed>.
-# Walks: noise and pgd (stats + curves; trajectories are never stored: alter | embed |
-# manifold-stats run as pipes; alter --emit embeddings would skip embed, but its embeddings of a
-# small last batch differ in the last bits, so the committed results would not reproduce), augment (stats with LiDAR, from the shared augment walk), and
+# Walks: noise and pgd (stats + curves; trajectories are never stored: embed | manifold-stats
+# and alter | embed | manifold-stats run as pipes; with G_PGD_EMIT = yes, the LeNet grids,
+# alter --emit embeddings | manifold-stats: PGD's embeddings come from the walk's own forward
+# passes, bit for bit those of alter | embed while embed's passes have at least the rows
+# Encoder::row_invariant_rows names: its 256 and the last of 10,000 x 31 rows, 240, do; ResNet's are
+# not checked for that), augment (stats with LiDAR, from the shared augment walk), and
 # pgd-reference (the authors' PGD walk) when G_PGD_VARIANT is reference.
 
 # What a grid's public target (demo, paper-mnist, ...) makes: the grid here, or with
@@ -40,6 +43,12 @@ endef
 # are fine: they change which encoders exist, not what one encoder's files hold).
 define grid_config
 dataset=$($(1)_DATASET) train=$($(1)_TRAIN_ARGS) epochs=$($(1)_EPOCHS) test_split=$($(1)_TEST_SPLIT) alter=$($(1)_ALTER_ARGS) n_test=$($(1)_N_TEST) noise_steps=$($(1)_NOISE_STEPS) pgd_steps=$($(1)_PGD_STEPS) walk_seed=$($(1)_NOISE_SEED) views=$($(1)_AUGMENT_VIEWS) lidar=$($(1)_LIDAR_ARGS) $(foreach ds,$($(1)_DOWNSTREAM),$(ds)=[$($(1)_DS_$(ds)_EMBED) $($(1)_DS_$(ds)_PROBE)])
+endef
+
+# The end of a PGD walk's alter command in grid $(1) that puts its trajectories on stdout: emitted
+# by alter itself, or piped through embed (in a recipe: $< is the model).
+define pgd_embeddings
+$(if $(filter yes,$($(1)_PGD_EMIT)),--emit embeddings -o -,-o - | $(BIN)/embed --model $< --input - --threads $(THREADS) -o -)
 endef
 
 define GRID
@@ -79,14 +88,12 @@ $$($(1)_OUT)/stats/%-noise.parquet $$($(1)_OUT)/curves/%-noise.parquet &: $$($(1
 
 $$($(1)_OUT)/stats/%-pgd.parquet $$($(1)_OUT)/curves/%-pgd.parquet &: $$($(1)_WORK)/models/%.safetensors | $$($(1)_BEFORE)
 	@mkdir -p $$($(1)_OUT)/stats $$($(1)_OUT)/curves
-	$(BIN)/alter --method pgd --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --threads $$(THREADS) -o - \
-	  | $(BIN)/embed --model $$< --input - --threads $$(THREADS) -o - \
+	$(BIN)/alter --method pgd --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --threads $$(THREADS) $$(call pgd_embeddings,$(1)) \
 	  | $(BIN)/manifold-stats - --convention both --threads $$(THREADS) -o $$($(1)_OUT)/stats/$$*-pgd.parquet --curves $$($(1)_OUT)/curves/$$*-pgd.parquet
 
 $$($(1)_OUT)/stats/%-pgd-reference.parquet $$($(1)_OUT)/curves/%-pgd-reference.parquet &: $$($(1)_WORK)/models/%.safetensors | $$($(1)_BEFORE)
 	@mkdir -p $$($(1)_OUT)/stats $$($(1)_OUT)/curves
-	$(BIN)/alter --method pgd --preset reference --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_PGD_REFERENCE_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --threads $$(THREADS) -o - \
-	  | $(BIN)/embed --model $$< --input - --threads $$(THREADS) -o - \
+	$(BIN)/alter --method pgd --preset reference --model $$< --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_PGD_REFERENCE_N_TEST) --steps $$($(1)_PGD_STEPS) --seed $$($(1)_NOISE_SEED) --threads $$(THREADS) $$(call pgd_embeddings,$(1)) \
 	  | $(BIN)/manifold-stats - --convention both --threads $$(THREADS) -o $$($(1)_OUT)/stats/$$*-pgd-reference.parquet --curves $$($(1)_OUT)/curves/$$*-pgd-reference.parquet
 
 $$($(1)_OUT)/stats/%-augment.parquet: $$($(1)_WORK)/models/%.safetensors | $$($(1)_WORK)/altered/augment.parquet

@@ -336,9 +336,12 @@ fn pgd_raises_the_loss_respects_bounds_and_restart_matches() {
 }
 
 /// `alter --method pgd --emit embeddings` writes what `alter --method pgd` then `embed` with the
-/// same model writes: at these small batches (forward passes of 4 and 3 rows against 7) the same
-/// rows bit for bit, and the same metadata but for the tool and its command line, for the continuing walk (a label method and a two-view one, whose updates embed
-/// an augmented view too) and the restarting reference walk; an uneven last batch included.
+/// same model writes: the same rows bit for bit, and the same metadata but for the tool and its
+/// command line. For the continuing walk (a label method and a two-view one, whose updates embed
+/// an augmented view too) and the restarting reference walk; walks in batches of 4 images (too few
+/// for row-invariant products at dim 8: embedded apart, padded) and of 35 (embeddings from the
+/// updates' own forward passes), each with an uneven last batch; `embed` in its passes of 256 rows
+/// and, where every pass has the 33 rows dim 8 needs, of 40.
 #[test]
 fn pgd_emitting_embeddings_equals_pgd_then_embed() {
     let d = data();
@@ -352,61 +355,71 @@ fn pgd_emitting_embeddings_equals_pgd_then_embed() {
         if !model.exists() {
             train_tiny(d.path(), &model, method, "1");
         }
-        let images = out.path().join("pgd-images.parquet");
-        let piped = out.path().join("pgd-embedded.parquet");
-        let fused = out.path().join("pgd-fused.parquet");
-        let mut walk = vec![
-            "--method",
-            "pgd",
-            "--model",
-            s(&model),
-            "--data-dir",
-            s(d.path()),
-            "--limit",
-            "11",
-            "--steps",
-            "3",
-            "--batch-size",
-            "4",
-        ];
-        if let Some(p) = preset {
-            walk.extend_from_slice(&["--preset", p]);
-        }
-        let with = |extra: &[&str]| {
-            let mut a = walk.clone();
-            a.extend_from_slice(extra);
-            argv("alter", &a)
-        };
-        alter_tool::run(with(&["-o", s(&images)])).unwrap();
-        embed_tool::run(argv(
-            "embed",
-            &[
+        for (limit, batch, passes) in [("11", "4", &["256"][..]), ("40", "35", &["40", "256"])] {
+            let images = out.path().join("pgd-images.parquet");
+            let piped = out.path().join("pgd-embedded.parquet");
+            let fused = out.path().join("pgd-fused.parquet");
+            let mut walk = vec![
+                "--method",
+                "pgd",
                 "--model",
                 s(&model),
-                "--input",
-                s(&images),
+                "--data-dir",
+                s(d.path()),
+                "--limit",
+                limit,
+                "--steps",
+                "3",
                 "--batch-size",
-                "7",
-                "-o",
-                s(&piped),
-            ],
-        ))
-        .unwrap();
-        alter_tool::run(with(&["--emit", "embeddings", "-o", s(&fused)])).unwrap();
-        let (e, pe) = read_all(&piped, VectorKind::Embedding);
-        let (f, pf) = read_all(&fused, VectorKind::Embedding);
-        assert_eq!(f.len(), 11 * 4, "{method} {preset:?}");
-        assert_eq!(f, e, "{method} {preset:?}: rows differ");
-        let (me, mf): (BTreeMap<_, _>, BTreeMap<_, _>) = (
-            pe.iter()
-                .filter(|(k, _)| !matches!(*k, "tool" | "command"))
-                .collect(),
-            pf.iter()
-                .filter(|(k, _)| !matches!(*k, "tool" | "command"))
-                .collect(),
-        );
-        assert_eq!(mf, me, "{method} {preset:?}: metadata differs");
-        assert_eq!(pf.get(keys::KIND), Some("trajectories"));
+                batch,
+            ];
+            if let Some(p) = preset {
+                walk.extend_from_slice(&["--preset", p]);
+            }
+            let with = |extra: &[&str]| {
+                let mut a = walk.clone();
+                a.extend_from_slice(extra);
+                argv("alter", &a)
+            };
+            alter_tool::run(with(&["-o", s(&images)])).unwrap();
+            alter_tool::run(with(&["--emit", "embeddings", "-o", s(&fused)])).unwrap();
+            let (f, pf) = read_all(&fused, VectorKind::Embedding);
+            let rows = limit.parse::<usize>().unwrap() * 4;
+            assert_eq!(f.len(), rows, "{method} {preset:?}");
+            let mut pe = Default::default();
+            for &pass in passes {
+                embed_tool::run(argv(
+                    "embed",
+                    &[
+                        "--model",
+                        s(&model),
+                        "--input",
+                        s(&images),
+                        "--batch-size",
+                        pass,
+                        "-o",
+                        s(&piped),
+                    ],
+                ))
+                .unwrap();
+                let (e, p) = read_all(&piped, VectorKind::Embedding);
+                assert!(
+                    f == e,
+                    "{method} {preset:?} batch {batch}, embed's passes of {pass}: rows differ"
+                );
+                pe = p;
+            }
+            let (me, mf): (BTreeMap<_, _>, BTreeMap<_, _>) = (
+                pe.iter()
+                    .filter(|(k, _)| !matches!(*k, "tool" | "command"))
+                    .collect(),
+                pf.iter()
+                    .filter(|(k, _)| !matches!(*k, "tool" | "command"))
+                    .collect(),
+            );
+            assert_eq!(mf, me, "{method} {preset:?}: metadata differs");
+            assert_eq!(pf.get(keys::KIND), Some("trajectories"));
+        }
     }
     // Noise has no model to embed with.
     let never = out.path().join("never.parquet");

@@ -45,8 +45,8 @@ pub enum Emit {
     /// The altered images: an altered-image stream, `embed`'s input.
     Images,
     /// PGD only: the attacked model's embedding of every level, taken from the walk's own forward
-    /// passes: the trajectories `alter | embed --model` (the same model) writes, with a third less
-    /// CPU; a small last batch's embeddings may differ from `embed`'s in the last bits.
+    /// passes: the trajectories `alter | embed --model` (the same model) writes, bit for bit while
+    /// embed's passes have the rows a row-invariant product needs, with a third less CPU.
     Embeddings,
 }
 
@@ -133,8 +133,9 @@ pub struct Args {
     #[arg(long)]
     pub radius: Option<f64>,
     /// images (an altered-image stream), or, for PGD, embeddings (the attacked model's
-    /// trajectories, as `alter | embed` with the same model writes them, up to the last bits of a
-    /// small last batch).
+    /// trajectories, as `alter | embed` with the same model writes them: bit for bit for LeNet
+    /// while embed's forward passes, its last one included, have at least 17 rows at dim 16, 9 at 32,
+    /// 5 at 64, 3 at 128, 2 from 256).
     #[arg(long, value_enum, default_value = "images")]
     pub emit: Emit,
     /// Images processed together.

@@ -238,9 +238,11 @@ pub struct PgdLevels {
 }
 
 /// Walks a batch like [`pgd_batch`]; with `embed`, also returns the model's embedding of every
-/// level, as `Encoder::embed` computes them. The continuing walk takes them from its own
-/// updates' forward passes (level j - 1's from update j) and makes one more pass for level J: J + 1
-/// forward passes instead of 2J + 1 for walk and embedding apart. The restarting walk embeds each
+/// level, bit for bit as any forward pass of at least `Encoder::row_invariant_rows` images computes
+/// them (`embed`'s passes of 256 rows). The continuing walk takes them from its own updates'
+/// forward passes (level j - 1's from update j) and makes one more pass for level J: J + 1 forward
+/// passes instead of 2J + 1 for walk and embedding apart; a batch of fewer images embeds every
+/// level apart instead, padded (`Encoder::embed_pixels_padded`). The restarting walk embeds each
 /// level after its walk.
 pub fn pgd_walk(
     model: &Encoder,
@@ -253,7 +255,10 @@ pub fn pgd_walk(
     let n = labels.len();
     let as_vec =
         |e: &Tensor| -> Result<Vec<f32>> { e.to_dtype(DType::F32)?.flatten_all()?.to_vec1() };
-    let embed_level = |x: &[f32]| model.embed_pixels(x, n, n.max(1));
+    let embed_level = |x: &[f32]| model.embed_pixels_padded(x, n);
+    // A batch too small for row-invariant products embeds its levels apart, padded, so that the
+    // embeddings equal those of `embed`'s passes (256 rows by default).
+    let reuse_updates = n >= model.row_invariant_rows();
     let mut images = vec![clean.to_vec()];
     let mut embeddings = Vec::new();
     match cfg.walk {
@@ -261,7 +266,10 @@ pub fn pgd_walk(
             for j in 1..=cfg.steps {
                 let update = pgd_update(model, &images[j - 1], clean, labels, ids, cfg, key(0, j))?;
                 if embed {
-                    embeddings.push(as_vec(&update.embeddings)?);
+                    embeddings.push(match reuse_updates {
+                        true => as_vec(&update.embeddings)?,
+                        false => embed_level(&images[j - 1])?,
+                    });
                 }
                 images.push(update.next);
             }

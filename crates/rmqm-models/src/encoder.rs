@@ -263,6 +263,18 @@ impl Encoder {
         }
     }
 
+    /// The fewest images a forward pass needs for each image's embedding to be the same, bit for
+    /// bit, whatever images share the pass: the MLP's products sum in another order for fewer
+    /// rows ([`crate::kernels::row_invariant_rows`]; 17 for LeNet-5 with dim 16, 2 from dim 256).
+    /// [`Encoder::embed_pixels_padded`] pads shorter passes to it.
+    pub fn row_invariant_rows(&self) -> usize {
+        let mlp = match &self.body {
+            Body::LeNet(l) => &l.mlp,
+            Body::ResNet(r) => &r.mlp,
+        };
+        mlp.iter().map(Dense::row_invariant_rows).max().unwrap_or(1)
+    }
+
     /// True when an image's embedding depends on that image alone (no batch statistics): LeNet.
     /// Then batches can be embedded together and split afterwards with the same result.
     pub fn per_sample(&self) -> bool {
@@ -362,9 +374,42 @@ impl Encoder {
     /// Embeds `n` images given as contiguous pixels (n * c * h * w, in `[0, 1]`) in eval mode, in
     /// batches of `batch_size`; returns n * dim values.
     pub fn embed_pixels(&self, pixels: &[f32], n: usize, batch_size: usize) -> Result<Vec<f32>> {
+        let size = self.image_size();
+        self.check_pixels(pixels, n)?;
+        let mut out = Vec::with_capacity(n * self.config.dim);
+        for chunk in pixels.chunks(batch_size.max(1) * size) {
+            out.extend(self.embed_pass(chunk, chunk.len() / size)?);
+        }
+        Ok(out)
+    }
+
+    /// Embeds `n` images (contiguous pixels, as [`Encoder::embed_pixels`] takes them) in one
+    /// forward pass of at least [`Encoder::row_invariant_rows`] images, padded with blank ones:
+    /// each embedding equals the one any pass of that many images or more computes, bit for bit
+    /// (LeNet; ResNet's grouped convolutions are not checked for that).
+    pub fn embed_pixels_padded(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
+        self.check_pixels(pixels, n)?;
+        let rows = n.max(self.row_invariant_rows());
+        if rows == n {
+            return self.embed_pass(pixels, n);
+        }
+        let mut padded = pixels.to_vec();
+        padded.resize(rows * self.image_size(), 0.0);
+        let mut e = self.embed_pass(&padded, rows)?;
+        e.truncate(n * self.config.dim);
+        Ok(e)
+    }
+
+    /// Values of one image.
+    fn image_size(&self) -> usize {
         let cfg = &self.config;
-        let size = cfg.channels * cfg.height * cfg.width;
-        if pixels.len() != n * size {
+        cfg.channels * cfg.height * cfg.width
+    }
+
+    /// Ok when `pixels` holds `n` images of the model's shape.
+    fn check_pixels(&self, pixels: &[f32], n: usize) -> Result<()> {
+        let cfg = &self.config;
+        if pixels.len() != n * self.image_size() {
             candle_core::bail!(
                 "{} pixel values for {n} images of {}x{}x{}",
                 pixels.len(),
@@ -373,15 +418,16 @@ impl Encoder {
                 cfg.width
             );
         }
-        let mut out = Vec::with_capacity(n * cfg.dim);
-        let device = crate::device();
-        for chunk in pixels.chunks(batch_size.max(1) * size) {
-            let b = chunk.len() / size;
-            let x = Tensor::from_slice(chunk, (b, cfg.channels, cfg.height, cfg.width), &device)?;
-            let e = self.embed(&x.to_dtype(self.mean.dtype())?, false)?;
-            out.extend(e.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
-        }
-        Ok(out)
+        Ok(())
+    }
+
+    /// One eval-mode forward pass of `b` images; b * dim values.
+    fn embed_pass(&self, pixels: &[f32], b: usize) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let shape = (b, cfg.channels, cfg.height, cfg.width);
+        let x = Tensor::from_slice(pixels, shape, &crate::device())?;
+        let e = self.embed(&x.to_dtype(self.mean.dtype())?, false)?;
+        e.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
     }
 
     /// Predicted classes from the head (eval mode), or `None` without a head.

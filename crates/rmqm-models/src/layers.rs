@@ -86,6 +86,13 @@ impl Dense {
     pub fn forward(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         ops::linear(x, &self.weight, Some(&self.bias), relu)
     }
+
+    /// The fewest rows a forward pass needs for every row's output to be the same whatever rows
+    /// share the pass ([`crate::kernels::row_invariant_rows`]).
+    pub fn row_invariant_rows(&self) -> usize {
+        let dims = self.weight.dims();
+        crate::kernels::row_invariant_rows(dims[1], dims[0])
+    }
 }
 
 /// Batch normalisation over the channels of NCHW tensors (PyTorch semantics: biased variance to

@@ -638,3 +638,31 @@ fn add_relu_matches_candle_and_finite_differences() {
     .unwrap();
     assert!(g.get(a.as_tensor()).is_some());
 }
+
+#[test]
+fn padded_passes_embed_each_image_as_a_full_pass_does() {
+    // LeNet-5 at the dims where its last product is narrow (2: 129 rows needed, 16: 17) and where
+    // it is not (128): padded passes of one image and of 7 give the embeddings of one pass of
+    // 200, bit for bit.
+    let (n, size) = (200, 28 * 28);
+    for dim in [2, 16, 128] {
+        let cfg = config(Arch::Lenet5, Method::CrossEntropy, 1, 28, dim);
+        let model = Encoder::init(cfg, DType::F32, &Device::Cpu, false).unwrap();
+        assert!(model.row_invariant_rows() <= n);
+        let x = ((rand_tensor(&[n, 1, 28, 28], 5, DType::F32) + 1.0).unwrap() * 0.5).unwrap();
+        let pixels: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let whole = model.embed_pixels(&pixels, n, n).unwrap();
+        assert_eq!(whole.len(), n * dim);
+        assert_eq!(model.embed_pixels_padded(&pixels, n).unwrap(), whole);
+        for (batch, images) in [(1, 10), (7, n)] {
+            let parts: Vec<f32> = pixels[..images * size]
+                .chunks(batch * size)
+                .flat_map(|c| model.embed_pixels_padded(c, c.len() / size).unwrap())
+                .collect();
+            assert!(
+                parts == whole[..images * dim],
+                "dim {dim}: padded passes of {batch} differ from one of {n}"
+            );
+        }
+    }
+}

@@ -181,6 +181,18 @@ unsafe fn gemm_ptr<T: Real>(
     }
 }
 
+/// The fewest rows `m` from which every row of an `(m x k) * (k x n)` product comes out the same,
+/// bit for bit, whatever rows share the product (gemm 0.19). Below it the gemm takes kernels that
+/// sum in another order: a gemv for one row or one column, its horizontal kernel when
+/// `m * n <= 256`, and, past a depth of 512, a fixed depth block of 512 when `m` and `n` are both at
+/// most 64 (where a larger product's block follows the caches). From it on every row sums its `k`
+/// terms in one order, from zero, with one fused multiply-add each.
+pub fn row_invariant_rows(k: usize, n: usize) -> usize {
+    let horizontal = 256 / n.max(1) + 1;
+    let depth_blocks = if k > 512 && n <= 64 { 65 } else { 0 };
+    horizontal.max(depth_blocks).max(2)
+}
+
 /// Multi-threaded gemm only when the product is large enough to pay for it.
 pub(super) fn parallelism(flops: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
@@ -236,6 +248,51 @@ mod tests {
             let mut uninit = vec![MaybeUninit::<f64>::uninit(); m * n + 3];
             assert_eq!(gemm_into_uninit(&mut uninit, av, bv), &want[..]);
         }
+    }
+
+    #[test]
+    fn rows_are_invariant_from_row_invariant_rows_on() {
+        // Every row of a product of m >= row_invariant_rows rows equals that row of a 300-row
+        // product: the shapes of LeNet-5's and ResNet-18's dense layers, and the narrow extremes.
+        let big = 300;
+        for (k, n) in [
+            (256, 512),
+            (512, 512),
+            (512, 128),
+            (512, 16),
+            (512, 2),
+            (512, 1),
+            (1024, 16),
+        ] {
+            let from = row_invariant_rows(k, n);
+            let a: Vec<f32> = (0..big * k)
+                .map(|i| ((i * 7919) % 1009) as f32 / 1009.0 - 0.5)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
+                .collect();
+            let product = |m: usize| {
+                let mut d = vec![0f32; m * n];
+                let (a, w) = (
+                    MatRef::row_major(&a[..m * k], m, k),
+                    MatRef::row_major(&w, n, k),
+                );
+                gemm_rm(&mut d, Accum::Replace, a, w.t(), Parallelism::None);
+                d
+            };
+            let full = product(big);
+            for m in (from..from + 20)
+                .chain([200, 256])
+                .filter(|&m| m >= from && m <= big)
+            {
+                assert!(
+                    product(m) == full[..m * n],
+                    "k {k} n {n}: {m} rows differ from {big}"
+                );
+            }
+        }
+        assert_eq!(row_invariant_rows(512, 16), 17);
+        assert_eq!(row_invariant_rows(512, 512), 2);
     }
 
     #[test]

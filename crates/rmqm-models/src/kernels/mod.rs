@@ -22,7 +22,7 @@ mod pool;
 mod reference;
 mod winograd;
 
-pub use self::gemm::{Accum, MatRef, gemm_rm};
+pub use self::gemm::{Accum, MatRef, gemm_rm, row_invariant_rows};
 pub use activation::{add_relu, relu_mask};
 pub use batch_norm::{
     BatchNormState, batch_norm_backward, batch_norm_forward, batch_norm_grad_layout,
