@@ -22,7 +22,7 @@ MNIST_LIDAR_ARGS ?= --lidar-images 1000 --lidar-delta 1e-4 --lidar-eps 1e-8
 MNIST_PGD_VARIANT ?= $(PGD_VARIANT)
 MNIST_PGD_REFERENCE_N_TEST ?= $(or $(PGD_REFERENCE_N_TEST),$(MNIST_N_TEST))
 # LeNet-5: PGD walks emit their embeddings (alter --emit embeddings), the same values as alter | embed.
-MNIST_PGD_EMIT := yes
+MNIST_PGD_EMIT ?= yes
 MNIST_DOWNSTREAM := kmnist omniglot fashion
 MNIST_DS_kmnist_EMBED := --dataset kmnist --split test
 MNIST_DS_kmnist_PROBE := --split 0.8 --seed 0 --knn 1,5 --linear

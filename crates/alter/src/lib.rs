@@ -39,6 +39,33 @@ pub enum PgdPreset {
     Reference,
 }
 
+/// `embed`'s rows per forward pass by default (its `--batch-size`).
+const EMBED_PASS_ROWS: usize = 256;
+
+/// The rows of `embed`'s last forward pass over `rows` rows (passes of [`EMBED_PASS_ROWS`]) when
+/// they are fewer than the `needed` of a row-invariant product; `None` when every pass has enough.
+fn short_last_pass(rows: usize, needed: usize) -> Option<usize> {
+    let last = rows % EMBED_PASS_ROWS;
+    (last > 0 && last < needed).then_some(last)
+}
+
+/// With `--emit embeddings`, warns when `embed` would forward the same `rows` rows with a last pass
+/// too short for row-invariant products, where `alter | embed` would differ in the last bits.
+fn warn_of_a_short_embed_pass(walk: &Walk, rows: usize) {
+    let Some(model) = walk.embedding_model() else {
+        return;
+    };
+    let needed = model.row_invariant_rows();
+    if let Some(last) = short_last_pass(rows, needed) {
+        eprintln!(
+            "alter: warning: {rows} rows leave embed a last forward pass of {last} rows (passes of \
+{EMBED_PASS_ROWS}), fewer than the {needed} a row-invariant product needs at dim {}: alter | embed \
+would differ from these embeddings in the last bits of those rows",
+            model.config().dim
+        );
+    }
+}
+
 /// What a run writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Emit {
@@ -133,9 +160,10 @@ pub struct Args {
     #[arg(long)]
     pub radius: Option<f64>,
     /// images (an altered-image stream), or, for PGD, embeddings (the attacked model's
-    /// trajectories, as `alter | embed` with the same model writes them: bit for bit for LeNet
-    /// while embed's forward passes, its last one included, have at least 17 rows at dim 16, 9 at 32,
-    /// 5 at 64, 3 at 128, 2 from 256).
+    /// trajectories, as `alter | embed` with the same model writes them: bit for bit while embed's
+    /// forward passes, its last one included, have the rows a row-invariant product needs, for
+    /// lenet5 17 at dim 16, 9 at 32, 5 at 64, 3 at 128, 2 from 256 (33 at 8, 129 at 2); a warning
+    /// names a last pass that falls short).
     #[arg(long, value_enum, default_value = "images")]
     pub emit: Emit,
     /// Images processed together.
@@ -526,6 +554,7 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     let set = load_images(&args)?;
     let walk = Walk::from_args(&args, &set)?;
     let steps = walk.steps();
+    warn_of_a_short_embed_pass(&walk, set.len() * (steps + 1));
 
     let prov = output_provenance(&argv, &args, &set, &walk);
     let kind = match walk.embedding_model() {
@@ -579,4 +608,19 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
         args.output
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_last_embed_pass_too_short_for_row_invariant_products_is_named() {
+        // The MNIST grid's PGD walk: 10,000 x 31 rows, a last pass of 240.
+        assert_eq!(short_last_pass(310_000, 17), None);
+        assert_eq!(short_last_pass(512, 17), None);
+        assert_eq!(short_last_pass(272, 17), Some(16));
+        assert_eq!(short_last_pass(223 * 31, 17), Some(1));
+        assert_eq!(short_last_pass(272, 16), None);
+    }
 }

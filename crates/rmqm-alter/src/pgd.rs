@@ -266,9 +266,10 @@ pub fn pgd_walk(
             for j in 1..=cfg.steps {
                 let update = pgd_update(model, &images[j - 1], clean, labels, ids, cfg, key(0, j))?;
                 if embed {
-                    embeddings.push(match reuse_updates {
-                        true => as_vec(&update.embeddings)?,
-                        false => embed_level(&images[j - 1])?,
+                    embeddings.push(if reuse_updates {
+                        as_vec(&update.embeddings)?
+                    } else {
+                        embed_level(&images[j - 1])?
                     });
                 }
                 images.push(update.next);

@@ -276,7 +276,8 @@ impl Encoder {
     }
 
     /// True when an image's embedding depends on that image alone (no batch statistics): LeNet.
-    /// Then batches can be embedded together and split afterwards with the same result.
+    /// Then batches can be embedded together and split afterwards with the same result, bit for
+    /// bit when every pass has [`Encoder::row_invariant_rows`] images or more.
     pub fn per_sample(&self) -> bool {
         matches!(self.body, Body::LeNet(_))
     }
@@ -386,7 +387,8 @@ impl Encoder {
     /// Embeds `n` images (contiguous pixels, as [`Encoder::embed_pixels`] takes them) in one
     /// forward pass of at least [`Encoder::row_invariant_rows`] images, padded with blank ones:
     /// each embedding equals the one any pass of that many images or more computes, bit for bit
-    /// (LeNet; ResNet's grouped convolutions are not checked for that).
+    /// (LeNet; ResNet's grouped convolutions are not checked for that, and its passes cost up to 65
+    /// images' work however few it embeds).
     pub fn embed_pixels_padded(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
         self.check_pixels(pixels, n)?;
         let rows = n.max(self.row_invariant_rows());

@@ -185,12 +185,13 @@ unsafe fn gemm_ptr<T: Real>(
 /// bit for bit, whatever rows share the product (gemm 0.19). Below it the gemm takes kernels that
 /// sum in another order: a gemv for one row or one column, its horizontal kernel when
 /// `m * n <= 256`, and, past a depth of 512, a fixed depth block of 512 when `m` and `n` are both at
-/// most 64 (where a larger product's block follows the caches). From it on every row sums its `k`
-/// terms in one order, from zero, with one fused multiply-add each.
+/// most 64 (where a larger product's block follows the caches). From it on every row sums its
+/// terms in one order that depends on `k` alone. (The crate transposes our row-major product;
+/// these conditions are symmetric in `m` and `n`, or name the one-row and one-column cases.)
 pub fn row_invariant_rows(k: usize, n: usize) -> usize {
-    let horizontal = 256 / n.max(1) + 1;
-    let depth_blocks = if k > 512 && n <= 64 { 65 } else { 0 };
-    horizontal.max(depth_blocks).max(2)
+    let rows_past_horizontal = 256 / n.max(1) + 1;
+    let rows_past_fixed_depth_block = if k > 512 && n <= 64 { 65 } else { 0 };
+    rows_past_horizontal.max(rows_past_fixed_depth_block).max(2)
 }
 
 /// Multi-threaded gemm only when the product is large enough to pay for it.
@@ -271,22 +272,26 @@ mod tests {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
                 .collect();
-            let product = |m: usize| {
+            let product = |m: usize, par: Parallelism| {
                 let mut d = vec![0f32; m * n];
                 let (a, w) = (
                     MatRef::row_major(&a[..m * k], m, k),
                     MatRef::row_major(&w, n, k),
                 );
-                gemm_rm(&mut d, Accum::Replace, a, w.t(), Parallelism::None);
+                gemm_rm(&mut d, Accum::Replace, a, w.t(), par);
                 d
             };
-            let full = product(big);
+            let full = product(big, Parallelism::None);
+            assert!(
+                product(big, Parallelism::Rayon(2)) == full,
+                "k {k} n {n}: two threads"
+            );
             for m in (from..from + 20)
                 .chain([200, 256])
                 .filter(|&m| m >= from && m <= big)
             {
                 assert!(
-                    product(m) == full[..m * n],
+                    product(m, Parallelism::None) == full[..m * n],
                     "k {k} n {n}: {m} rows differ from {big}"
                 );
             }
