@@ -23,6 +23,9 @@ DEMO_PGD_VARIANT ?= $(PGD_VARIANT)
 DEMO_PGD_REFERENCE_N_TEST ?= $(or $(PGD_REFERENCE_N_TEST),$(DEMO_N_TEST))
 # LeNet-5: PGD walks emit their embeddings (alter --emit embeddings), the same values as alter | embed.
 DEMO_PGD_EMIT ?= yes
+# Noise walks draw their noise and embed it in one process (alter --emit embeddings), the same values
+# as embed reading the shared noise file.
+DEMO_NOISE_EMIT ?= yes
 DEMO_DOWNSTREAM := heldout
 DEMO_DS_heldout_EMBED := --dataset fashion-mnist --split train --classes 5,6,7,8,9
 DEMO_DS_heldout_PROBE := --split 0.8 --seed 0 --knn 1,5 --linear

@@ -16,7 +16,9 @@
 #
 # Model ids: <method>_d<dim>_<optimizer>_s<seed>; the random-init baseline: random_d<dim>_s<seed>.
 # Walks: noise and pgd (stats + curves; trajectories are never stored: embed | manifold-stats
-# and alter | embed | manifold-stats run as pipes; with G_PGD_EMIT = yes, the LeNet grids,
+# and alter | embed | manifold-stats run as pipes; with G_NOISE_EMIT = yes, the LeNet grids, the
+# noise walk is alter --emit embeddings | manifold-stats, each walk drawing the shared file's noise
+# itself instead of decoding 2 GB of it; with G_PGD_EMIT = yes, the LeNet grids,
 # alter --emit embeddings | manifold-stats: PGD's embeddings come from the walk's own forward
 # passes, bit for bit those of alter | embed while embed's passes have at least the rows
 # Encoder::row_invariant_rows names: its 256 and the last of 10,000 x 31 rows, 240, do; ResNet's are
@@ -44,6 +46,20 @@ endef
 define grid_config
 dataset=$($(1)_DATASET) train=$($(1)_TRAIN_ARGS) epochs=$($(1)_EPOCHS) test_split=$($(1)_TEST_SPLIT) alter=$($(1)_ALTER_ARGS) n_test=$($(1)_N_TEST) noise_steps=$($(1)_NOISE_STEPS) pgd_steps=$($(1)_PGD_STEPS) walk_seed=$($(1)_NOISE_SEED) views=$($(1)_AUGMENT_VIEWS) lidar=$($(1)_LIDAR_ARGS) $(foreach ds,$($(1)_DOWNSTREAM),$(ds)=[$($(1)_DS_$(ds)_EMBED) $($(1)_DS_$(ds)_PROBE)])
 endef
+
+# The noise walk's alter arguments in grid $(1): the shared noise file and the walks that draw their
+# noise themselves (G_NOISE_EMIT) draw the same images.
+noise_args = --method noise --data-dir $($(1)_DATA_DIR) --dataset $($(1)_DATASET) --split $($(1)_TEST_SPLIT) $($(1)_ALTER_ARGS) --limit $($(1)_N_TEST) --steps $($(1)_NOISE_STEPS) --seed $($(1)_NOISE_SEED)
+
+# The command of a noise walk in grid $(1) that puts its trajectories on stdout (in a recipe: $< is
+# the model): alter drawing the noise and embedding it with the model, or embed reading the shared
+# noise file.
+define noise_embeddings
+$(if $(filter yes,$($(1)_NOISE_EMIT)),$(BIN)/alter $(call noise_args,$(1)) --model $< --emit embeddings --threads $(THREADS) -o -,$(BIN)/embed --model $< --input $($(1)_WORK)/altered/noise.parquet --threads $(THREADS) -o -)
+endef
+
+# What a noise walk in grid $(1) waits for: the shared noise file, unless it draws its own noise.
+noise_walk_needs = $(if $(filter yes,$($(1)_NOISE_EMIT)),$($(1)_BEFORE),$($(1)_WORK)/altered/noise.parquet)
 
 # The end of a PGD walk's alter command in grid $(1) that puts its trajectories on stdout: emitted
 # by alter itself, or piped through embed (in a recipe: $< is the model).
@@ -74,16 +90,16 @@ ifeq ($$(filter $$($(1)_WORK),$$(GRID_WORK_DIRS)),)
 GRID_WORK_DIRS += $$($(1)_WORK)
 $$($(1)_WORK)/altered/noise.parquet: | $$($(1)_BEFORE)
 	@mkdir -p $$(@D)
-	$(BIN)/alter --method noise --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --steps $$($(1)_NOISE_STEPS) --seed $$($(1)_NOISE_SEED) --threads $$(THREADS) -o $$@
+	$(BIN)/alter $$(call noise_args,$(1)) --threads $$(THREADS) -o $$@
 
 $$($(1)_WORK)/altered/augment.parquet: | $$($(1)_BEFORE)
 	@mkdir -p $$(@D)
 	$(BIN)/alter --method augment --data-dir $$($(1)_DATA_DIR) --dataset $$($(1)_DATASET) --split $$($(1)_TEST_SPLIT) $$($(1)_ALTER_ARGS) --limit $$($(1)_N_TEST) --views $$($(1)_AUGMENT_VIEWS) --seed $$($(1)_NOISE_SEED) --threads $$(THREADS) -o $$@
 endif
 
-$$($(1)_OUT)/stats/%-noise.parquet $$($(1)_OUT)/curves/%-noise.parquet &: $$($(1)_WORK)/models/%.safetensors | $$($(1)_WORK)/altered/noise.parquet
+$$($(1)_OUT)/stats/%-noise.parquet $$($(1)_OUT)/curves/%-noise.parquet &: $$($(1)_WORK)/models/%.safetensors | $$(call noise_walk_needs,$(1))
 	@mkdir -p $$($(1)_OUT)/stats $$($(1)_OUT)/curves
-	$(BIN)/embed --model $$< --input $$($(1)_WORK)/altered/noise.parquet --threads $$(THREADS) -o - \
+	$$(call noise_embeddings,$(1)) \
 	  | $(BIN)/manifold-stats - --convention both --threads $$(THREADS) -o $$($(1)_OUT)/stats/$$*-noise.parquet --curves $$($(1)_OUT)/curves/$$*-noise.parquet
 
 $$($(1)_OUT)/stats/%-pgd.parquet $$($(1)_OUT)/curves/%-pgd.parquet &: $$($(1)_WORK)/models/%.safetensors | $$($(1)_BEFORE)

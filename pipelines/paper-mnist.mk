@@ -23,6 +23,9 @@ MNIST_PGD_VARIANT ?= $(PGD_VARIANT)
 MNIST_PGD_REFERENCE_N_TEST ?= $(or $(PGD_REFERENCE_N_TEST),$(MNIST_N_TEST))
 # LeNet-5: PGD walks emit their embeddings (alter --emit embeddings), the same values as alter | embed.
 MNIST_PGD_EMIT ?= yes
+# Noise walks draw their noise and embed it in one process (alter --emit embeddings), the same values
+# as embed reading the shared noise file.
+MNIST_NOISE_EMIT ?= yes
 MNIST_DOWNSTREAM := kmnist omniglot fashion
 MNIST_DS_kmnist_EMBED := --dataset kmnist --split test
 MNIST_DS_kmnist_PROBE := --split 0.8 --seed 0 --knn 1,5 --linear

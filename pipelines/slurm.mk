@@ -47,7 +47,7 @@ make $(MAKE)
 dir $($(1)_SLURM_DIR)
 report $($(1)_OUT)/report/report.md
 inputs $($(1)_STATS) $($(1)_CURVES) $($(1)_PROBES)
-shared noise $($(1)_WORK)/altered/noise.parquet
+$(if $(filter yes,$($(1)_NOISE_EMIT)),,shared noise $($(1)_WORK)/altered/noise.parquet)
 shared augment $($(1)_WORK)/altered/augment.parquet
 args all $(SLURM_ARGS)
 args train $(SLURM_TRAIN_ARGS)

@@ -421,24 +421,110 @@ fn pgd_emitting_embeddings_equals_pgd_then_embed() {
             assert_eq!(pf.get(keys::KIND), Some("trajectories"));
         }
     }
-    // Noise has no model to embed with.
+}
+
+/// Noise, augment and clean walks with `--emit embeddings --model M` write what `alter | embed
+/// --model M` writes: rows and metadata, with alter's batches cut anywhere (batches of 4 images
+/// make passes of 4 to 44 rows, below the 33 a dim-8 lenet5 needs for row-invariant products:
+/// they are padded), whenever embed's own passes (40 or 256 rows) have those 33 rows.
+#[test]
+fn image_walks_emitting_embeddings_equal_the_walk_then_embed() {
+    let d = data();
+    let out = tempfile::tempdir().unwrap();
+    let model = out.path().join("m.safetensors");
+    train_tiny(d.path(), &model, "cross-entropy", "1");
+    /// Rows a forward pass of lenet5 at dim 8 needs for row-invariant products.
+    const ROW_INVARIANT_AT_DIM_8: usize = 33;
+    let mut compared = 0;
+    for walk in [
+        &["--method", "noise", "--steps", "3"][..],
+        &["--method", "noise", "--steps", "10", "--direction", "fixed"],
+        &["--method", "augment", "--views", "3"],
+        &["--method", "clean"],
+    ] {
+        for (limit, batch) in [("11", "4"), ("40", "35")] {
+            let images = out.path().join("images.parquet");
+            let piped = out.path().join("embedded.parquet");
+            let fused = out.path().join("fused.parquet");
+            let with = |extra: &[&str]| {
+                let mut a = walk.to_vec();
+                a.extend_from_slice(&["--data-dir", s(d.path()), "--limit", limit]);
+                a.extend_from_slice(&["--batch-size", batch]);
+                a.extend_from_slice(extra);
+                argv("alter", &a)
+            };
+            alter_tool::run(with(&["-o", s(&images)])).unwrap();
+            alter_tool::run(with(&[
+                "--model",
+                s(&model),
+                "--emit",
+                "embeddings",
+                "-o",
+                s(&fused),
+            ]))
+            .unwrap();
+            let (f, pf) = read_all(&fused, VectorKind::Embedding);
+            let (i, _) = read_all(&images, VectorKind::Pixels);
+            assert_eq!(f.len(), i.len(), "{walk:?} limit {limit}");
+            for pass in [40, 256] {
+                // embed's last pass: the rows left after full passes, or all of them
+                let last = match f.len() % pass {
+                    0 => pass.min(f.len()),
+                    rest => rest,
+                };
+                if last < ROW_INVARIANT_AT_DIM_8 {
+                    continue;
+                }
+                compared += 1;
+                let pass = pass.to_string();
+                embed_tool::run(argv(
+                    "embed",
+                    &[
+                        "--model",
+                        s(&model),
+                        "--input",
+                        s(&images),
+                        "--batch-size",
+                        &pass,
+                        "-o",
+                        s(&piped),
+                    ],
+                ))
+                .unwrap();
+                let (e, pe) = read_all(&piped, VectorKind::Embedding);
+                assert!(
+                    f == e,
+                    "{walk:?} limit {limit} batch {batch}, embed's passes of {pass}: rows differ"
+                );
+                let (me, mf): (BTreeMap<_, _>, BTreeMap<_, _>) = (
+                    pe.iter()
+                        .filter(|(k, _)| !matches!(*k, "tool" | "command"))
+                        .collect(),
+                    pf.iter()
+                        .filter(|(k, _)| !matches!(*k, "tool" | "command"))
+                        .collect(),
+                );
+                assert_eq!(mf, me, "{walk:?}: metadata differs");
+            }
+        }
+    }
+    assert_eq!(compared, 11, "comparisons made");
+    // Embeddings need a model; a model is for PGD or for embeddings.
     let never = out.path().join("never.parquet");
-    let e = alter_tool::run(argv(
-        "alter",
-        &[
-            "--method",
-            "noise",
-            "--data-dir",
-            s(d.path()),
-            "--emit",
-            "embeddings",
-            "-o",
-            s(&never),
-        ],
-    ))
-    .unwrap_err();
+    let noise = |extra: &[&str]| {
+        let mut a = vec!["--method", "noise", "--data-dir", s(d.path())];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&["-o", s(&never)]);
+        alter_tool::run(argv("alter", &a)).unwrap_err()
+    };
+    let e = noise(&["--emit", "embeddings"]);
     assert!(
-        format!("{e:#}").contains("--emit embeddings is for --method pgd"),
+        format!("{e:#}").contains("--emit embeddings needs --model"),
+        "{e:#}"
+    );
+    let e = noise(&["--model", s(&model)]);
+    assert!(
+        format!("{e:#}").contains("--model is for --method pgd"),
         "{e:#}"
     );
     assert!(!never.exists());

@@ -51,8 +51,8 @@ fn short_last_pass(rows: usize, needed: usize) -> Option<usize> {
 
 /// With `--emit embeddings`, warns when `embed` would forward the same `rows` rows with a last pass
 /// too short for row-invariant products, where `alter | embed` would differ in the last bits.
-fn warn_of_a_short_embed_pass(walk: &Walk, rows: usize) {
-    let Some(model) = walk.embedding_model() else {
+fn warn_of_a_short_embed_pass(run: &Run, rows: usize) {
+    let Some(model) = run.embedding_model() else {
         return;
     };
     let needed = model.row_invariant_rows();
@@ -71,9 +71,10 @@ would differ from these embeddings in the last bits of those rows",
 pub enum Emit {
     /// The altered images: an altered-image stream, `embed`'s input.
     Images,
-    /// PGD only: the attacked model's embedding of every level, taken from the walk's own forward
-    /// passes: the trajectories `alter | embed --model` (the same model) writes, bit for bit while
-    /// embed's passes have the rows a row-invariant product needs, with a third less CPU.
+    /// The embeddings of every row by `--model`: the trajectories `alter | embed --model` (the
+    /// same model) writes, bit for bit while embed's passes have the rows a row-invariant product
+    /// needs. PGD takes them from its own forward passes (a third less CPU); the other walks embed
+    /// their images as they make them, never encoding or decoding them.
     Embeddings,
 }
 
@@ -111,6 +112,7 @@ alter --method pgd --preset reference --model m.safetensors --dataset mnist --li
 alter --method pgd --model m.safetensors --emit embeddings --limit 1000 -o - | manifold-stats - -o pgd-stats.parquet\n  \
 alter --method augment --views 10 --dataset mnist --limit 1000 -o - | embed --model m.safetensors -o - | manifold-stats - -o lidar.parquet\n  \
 alter --method noise --dataset mnist --limit 1000 -o - | embed --model m.safetensors -o traj.parquet\n  \
+alter --method noise --model m.safetensors --emit embeddings --limit 1000 -o traj.parquet   # the same, in one process\n  \
 alter --method clean --dataset kmnist --split test -o kmnist-pixels.parquet   # for an encoder outside rmqm"
 )]
 pub struct Args {
@@ -141,7 +143,8 @@ pub struct Args {
     /// Noise: fresh (a new draw every step) or fixed (one direction, a straight ray).
     #[arg(long, default_value = "fresh")]
     pub direction: NoiseDirection,
-    /// PGD: the model to attack.
+    /// PGD: the model to attack. With --emit embeddings, the model whose embeddings are written
+    /// (for PGD the attacked one).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// PGD: a named set of settings instead of --alpha, --walk and --radius.
@@ -159,11 +162,11 @@ pub struct Args {
     /// PGD: project onto the L-infinity ball of this radius around the clean image.
     #[arg(long)]
     pub radius: Option<f64>,
-    /// images (an altered-image stream), or, for PGD, embeddings (the attacked model's
-    /// trajectories, as `alter | embed` with the same model writes them: bit for bit while embed's
-    /// forward passes, its last one included, have the rows a row-invariant product needs, for
-    /// lenet5 17 at dim 16, 9 at 32, 5 at 64, 3 at 128, 2 from 256 (33 at 8, 129 at 2); a warning
-    /// names a last pass that falls short).
+    /// images (an altered-image stream), or embeddings by --model (its trajectories, as
+    /// `alter | embed` with the same model writes them: bit for bit while embed's forward passes,
+    /// its last one included, have the rows a row-invariant product needs, for lenet5 17 at dim 16,
+    /// 9 at 32, 5 at 64, 3 at 128, 2 from 256 (33 at 8, 129 at 2); a warning names a last pass
+    /// that falls short).
     #[arg(long, value_enum, default_value = "images")]
     pub emit: Emit,
     /// Images processed together.
@@ -212,9 +215,9 @@ impl Walk {
         if args.method != AlterMethod::Pgd && args.preset.is_some() {
             bail!("--preset is for --method pgd");
         }
-        if args.method != AlterMethod::Pgd && args.emit == Emit::Embeddings {
+        if args.method != AlterMethod::Pgd && args.emit == Emit::Images && args.model.is_some() {
             bail!(
-                "--emit embeddings is for --method pgd (pipe the images through embed: alter ... -o - | embed --model M -o -)"
+                "--model is for --method pgd, or with --emit embeddings for the model that embeds the rows"
             );
         }
         if args.method == AlterMethod::Clean {
@@ -257,14 +260,8 @@ impl Walk {
             }),
             AlterMethod::Pgd => {
                 let path = args.model.as_ref().context("--method pgd needs --model")?;
-                let model = Encoder::load(path, DType::F32, &rmqm_models::device(), false)?;
+                let model = load_model(path, set)?;
                 let c = set.channels;
-                model
-                    .config()
-                    .check_image_shape((c, set.height, set.width))
-                    .map_err(|e| {
-                        anyhow::anyhow!("{}: {e} ({} {})", path.display(), set.dataset, set.split)
-                    })?;
                 let (config, name) = match args.preset {
                     None => (
                         PgdConfig {
@@ -460,6 +457,125 @@ impl Walk {
     }
 }
 
+/// What a run makes: the walk, and for a noise, augment or clean walk that writes embeddings
+/// (`--emit embeddings`), the model that embeds its rows (PGD embeds its levels itself).
+struct Run {
+    /// The alteration and its settings.
+    walk: Walk,
+    /// Embeds the rows the walk makes, as `embed` would.
+    row_embedder: Option<Box<Encoder>>,
+}
+
+impl Run {
+    /// The run the arguments ask for, checked against the images' shape.
+    fn from_args(args: &Args, set: &ImageSet) -> Result<Run> {
+        let walk = Walk::from_args(args, set)?;
+        let row_embedder = if args.emit == Emit::Embeddings && args.method != AlterMethod::Pgd {
+            let path = args
+                .model
+                .as_ref()
+                .context("--emit embeddings needs --model (the model that embeds the rows)")?;
+            Some(Box::new(load_model(path, set)?))
+        } else {
+            None
+        };
+        Ok(Run { walk, row_embedder })
+    }
+
+    /// The model whose embeddings the run writes instead of images, if any.
+    fn embedding_model(&self) -> Option<&Encoder> {
+        self.walk.embedding_model().or(self.row_embedder.as_deref())
+    }
+
+    /// Values per output row: the model's dim when writing embeddings, else the image size.
+    fn row_width(&self, set: &ImageSet) -> usize {
+        self.embedding_model()
+            .map_or(set.image_size(), |m| m.config().dim)
+    }
+
+    /// Writes the output rows of every image of `set`, `batch` images at a time, calling
+    /// `done(images)` after each batch. The walk's rows are made and written in turn; with a row
+    /// embedder, each batch's images are made on a thread of their own (one worker) while the
+    /// previous batch is embedded, so drawing the noise (about a tenth of embedding it) does not
+    /// add to the wall time.
+    fn write_all(
+        &self,
+        set: &ImageSet,
+        batch: usize,
+        writer: &mut VectorWriter,
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Result<()> {
+        let batches = (0..set.len())
+            .step_by(batch)
+            .map(move |start| start..(start + batch).min(set.len()));
+        let Some(model) = &self.row_embedder else {
+            return rmqm_cli::on_workers(|| {
+                for range in batches {
+                    let images = range.len();
+                    writer.write(&self.walk.rows(set, range)?)?;
+                    done(images);
+                }
+                Ok(())
+            });
+        };
+        std::thread::scope(|scope| {
+            // One batch made ahead: its images wait while the previous one is embedded.
+            let (made, to_embed) = std::sync::mpsc::sync_channel::<Result<(usize, VectorBatch)>>(1);
+            scope.spawn(move || {
+                let maker = match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+                    Ok(pool) => pool,
+                    Err(e) => {
+                        let _ =
+                            made.send(Err(anyhow::anyhow!("a thread for the walk's images: {e}")));
+                        return;
+                    }
+                };
+                for range in batches {
+                    let images = range.len();
+                    let rows = maker.install(|| self.walk.rows(set, range));
+                    let failed = rows.is_err();
+                    // A closed channel: the embedding side stopped on an error of its own.
+                    if made.send(rows.map(|r| (images, r))).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            rmqm_cli::on_workers(move || {
+                for batch in to_embed {
+                    let (images, rows) = batch?;
+                    let embeddings = embed_rows(model, &rows.values, rows.len())?;
+                    writer.write(&rows.with_values(embeddings, model.config().dim))?;
+                    done(images);
+                }
+                Ok(())
+            })
+        })
+    }
+}
+
+/// The embeddings of `n` images in `embed`'s forward passes of [`EMBED_PASS_ROWS`] rows, a last
+/// shorter pass padded to the rows a row-invariant product needs: each embedding equals the one
+/// `embed` writes for the same image whenever embed's own passes have those rows.
+fn embed_rows(model: &Encoder, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
+    let size = pixels.len() / n.max(1);
+    let full = n / EMBED_PASS_ROWS * EMBED_PASS_ROWS;
+    let mut out = model.embed_pixels(&pixels[..full * size], full, EMBED_PASS_ROWS)?;
+    if full < n {
+        out.extend(model.embed_pixels_padded(&pixels[full * size..], n - full)?);
+    }
+    Ok(out)
+}
+
+/// The model at `path`, checked against the images' shape.
+fn load_model(path: &std::path::Path, set: &ImageSet) -> Result<Encoder> {
+    let model = Encoder::load(path, DType::F32, &rmqm_models::device(), false)?;
+    model
+        .config()
+        .check_image_shape((set.channels, set.height, set.width))
+        .map_err(|e| anyhow::anyhow!("{}: {e} ({} {})", path.display(), set.dataset, set.split))?;
+    Ok(model)
+}
+
 /// Steps 0..=J of every image in `range` (`image_step(i, j)`), in parallel over images.
 fn per_image(
     range: Range<usize>,
@@ -502,26 +618,34 @@ fn output_provenance(
     argv: &[String],
     args: &Args,
     set: &ImageSet,
-    walk: &Walk,
+    run: &Run,
 ) -> rmqm_artifacts::Provenance {
+    let walk = &run.walk;
     let mut prov = base_provenance("alter", argv);
     prov.set(keys::DATASET, args.dataset.name())
         .set(keys::SPLIT, &set.split)
         .set(keys::SEED, args.seed)
         .set(keys::STEPS, walk.steps());
     walk.describe(&mut prov);
-    match walk.embedding_model() {
-        None => {
-            prov.set(keys::KIND, "altered")
-                .set(keys::CHANNELS, set.channels)
-                .set(keys::HEIGHT, set.height)
-                .set(keys::WIDTH, set.width);
-        }
-        Some(model) => {
+    match (walk.embedding_model(), &run.row_embedder) {
+        (Some(model), _) => {
             let mc = model.config();
             prov.set(keys::KIND, "trajectories")
                 .set("altered_with_model", &mc.model_id)
                 .set("model_seed", mc.seed);
+        }
+        (None, Some(model)) => {
+            // the keys embed writes on this walk's trajectories
+            prov.set(keys::KIND, "trajectories");
+            for (k, v) in model.config().embedding_facts() {
+                prov.set(&k, v);
+            }
+        }
+        (None, None) => {
+            prov.set(keys::KIND, "altered")
+                .set(keys::CHANNELS, set.channels)
+                .set(keys::HEIGHT, set.height)
+                .set(keys::WIDTH, set.width);
         }
     }
     prov
@@ -552,12 +676,13 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     rmqm_cli::check_binary_output(&args.output, &stdio)?;
     let summary = Summary::start("alter");
     let set = load_images(&args)?;
-    let walk = Walk::from_args(&args, &set)?;
+    let run = Run::from_args(&args, &set)?;
+    let walk = &run.walk;
     let steps = walk.steps();
-    warn_of_a_short_embed_pass(&walk, set.len() * (steps + 1));
+    warn_of_a_short_embed_pass(&run, set.len() * (steps + 1));
 
-    let prov = output_provenance(&argv, &args, &set, &walk);
-    let kind = match walk.embedding_model() {
+    let prov = output_provenance(&argv, &args, &set, &run);
+    let kind = match run.embedding_model() {
         Some(_) => VectorKind::Embedding,
         None => VectorKind::Pixels,
     };
@@ -565,7 +690,7 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
     let mut writer = VectorWriter::create_with_stdout(
         &args.output,
         kind,
-        walk.row_width(&set),
+        run.row_width(&set),
         &prov,
         move || stdout,
     )?;
@@ -575,25 +700,18 @@ pub fn run_with(argv: Vec<String>, mut stdio: Stdio) -> Result<()> {
         "images",
     );
     let batch = args.batch_size.max(1);
-    rmqm_cli::on_workers(|| -> Result<()> {
-        for start in (0..set.len()).step_by(batch) {
-            let end = (start + batch).min(set.len());
-            writer.write(&walk.rows(&set, start..end)?)?;
-            bar.inc((end - start) as u64);
-        }
-        Ok(())
-    })?;
+    run.write_all(&set, batch, &mut writer, &|images| bar.inc(images as u64))?;
     bar.finish_and_clear();
     let rows = writer.finish()?;
 
     let secs = summary.elapsed().as_secs_f64().max(1e-9);
-    let what = match &walk {
+    let what = match walk {
         Walk::Noise(n) => format!("({}, eps_max {})", n.direction, n.eps_max),
         Walk::Pgd { config, .. } => format!("walk ({})", config.walk),
         Walk::Augment(a) => format!("walk ({} views)", a.views),
         Walk::Clean => "images".into(),
     };
-    let rows_are = match walk.embedding_model() {
+    let rows_are = match run.embedding_model() {
         Some(m) => format!(" of {} embeddings", m.config().model_id),
         None => String::new(),
     };

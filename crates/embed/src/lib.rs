@@ -67,17 +67,9 @@ pub fn run(args: Vec<String>) -> Result<()> {
 
 /// The model's facts every embeddings file carries.
 fn model_provenance(prov: &mut Provenance, model: &Encoder) {
-    for (k, v) in model.config().to_metadata() {
-        if let Some(k) = k.strip_prefix("rmqm.")
-            && !matches!(
-                k,
-                "kind" | "version" | "seed" | "channels" | "height" | "width"
-            )
-        {
-            prov.set(k, v);
-        }
+    for (k, v) in model.config().embedding_facts() {
+        prov.set(&k, v);
     }
-    prov.set("model_seed", model.config().seed);
 }
 
 /// What an embedding run wrote.

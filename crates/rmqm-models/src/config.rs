@@ -111,6 +111,26 @@ impl ModelConfig {
         m
     }
 
+    /// The model's facts an embeddings file carries, as (key without `rmqm.`, value): its
+    /// metadata but the file's own keys (kind, version), the input shape and the seed, which is
+    /// the walk's in such a file; the model's seed goes under `model_seed`.
+    pub fn embedding_facts(&self) -> Vec<(String, String)> {
+        let mut facts: Vec<(String, String)> = self
+            .to_metadata()
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let k = k.strip_prefix("rmqm.")?;
+                let own = matches!(
+                    k,
+                    "kind" | "version" | "seed" | "channels" | "height" | "width"
+                );
+                (!own).then(|| (k.to_string(), v))
+            })
+            .collect();
+        facts.push(("model_seed".into(), self.seed.to_string()));
+        facts
+    }
+
     /// Reads a config back from metadata written by [`ModelConfig::to_metadata`].
     pub fn from_metadata(m: &HashMap<String, String>) -> Result<Self, String> {
         let get = |k: &str| {
