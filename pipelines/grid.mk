@@ -6,7 +6,8 @@
 # Two folders per grid:
 # - G_OUT, the small results a rerun resumes from (results/ for the paper grids, committed):
 #   stats/ID-WALK.parquet, curves/ID-WALK.parquet, probes/ID-DS.parquet, report/, grid-config.txt.
-# - G_WORK, the large intermediates (out/): models/ID.safetensors, altered/{noise,augment}.parquet
+# - G_WORK, the large intermediates (out/): models/ID.safetensors, altered/augment.parquet and,
+#   unless the grid's noise walks draw their own noise (G_NOISE_EMIT), altered/noise.parquet
 #   (shared by every encoder), embeddings/ID-DS.parquet.
 # Models, altered images and embeddings are intermediate files: when a model's stats, curves and
 # probes exist, a missing model is not retrained (GNU make does not remake a missing intermediate

@@ -26,7 +26,7 @@ def stage(line):
             return None
         return "embed downstream sets"
     if tool == "alter":
-        return "alter: shared noise and augment walks" if "wrote -" not in line else None
+        return "alter: shared altered images (augment; noise without NOISE_EMIT)" if "wrote -" not in line else None
     return tool
 
 def main():

@@ -530,6 +530,74 @@ fn image_walks_emitting_embeddings_equal_the_walk_then_embed() {
     assert!(!never.exists());
 }
 
+/// Accepts `left` bytes, then fails every write as a full disk would.
+struct FullAfter {
+    left: usize,
+}
+
+impl std::io::Write for FullAfter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("no space left (test)"));
+        }
+        let n = buf.len().min(self.left);
+        self.left -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A walk embedding its rows whose output fails mid-stream (after 20,000 of about 63,000 bytes:
+/// the schema and some batches of 4 images x 31 rows) stops with the error while the drawing
+/// thread is a batch ahead (no hang: the test gives it two minutes).
+#[test]
+fn an_emitting_walk_whose_output_fails_returns_the_error() {
+    let d = data();
+    let out = tempfile::tempdir().unwrap();
+    let model = out.path().join("m.safetensors");
+    train_tiny(d.path(), &model, "ntxent", "0");
+    let args = argv(
+        "alter",
+        &[
+            "--method",
+            "noise",
+            "--data-dir",
+            s(d.path()),
+            "--limit",
+            "40",
+            "--steps",
+            "30",
+            "--batch-size",
+            "4",
+            "--model",
+            s(&model),
+            "--emit",
+            "embeddings",
+            "-o",
+            "-",
+        ],
+    );
+    let (sent, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = alter_tool::run_with(
+            args,
+            Stdio {
+                stdin: Box::new(std::io::empty()),
+                stdout: Box::new(FullAfter { left: 20_000 }),
+                stdout_is_terminal: false,
+            },
+        );
+        sent.send(r.map_err(|e| format!("{e:#}"))).unwrap();
+    });
+    let e = result
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("alter returned within two minutes")
+        .unwrap_err();
+    assert!(e.contains("no space left (test)"), "{e}");
+}
+
 #[test]
 fn mismatched_shapes_and_unknown_ids_give_clear_errors() {
     let d = data();

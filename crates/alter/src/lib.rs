@@ -1,5 +1,6 @@
-//! `alter`: sequentially stronger alterations of a dataset's images (white noise or PGD), written as
-//! an altered-image stream: for every image, steps 0..=J (0 = clean), rows sorted by (image_id, step).
+//! `alter`: sequentially stronger alterations of a dataset's images (white noise, PGD, augmented
+//! views), written as an altered-image stream, or with `--emit embeddings` as a model's
+//! trajectories: for every image, steps 0..=J (0 = clean), rows sorted by (image_id, step).
 
 use anyhow::{Context, Result, bail};
 use candle_core::DType;
@@ -99,7 +100,8 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     version,
     about = "Sequentially stronger alterations of test images: white noise or PGD",
     long_about = "Writes, for every selected image, steps 0..J of an alteration (step 0 = the clean image) as \
-an altered-image stream (Parquet, or Arrow IPC on stdout with -o -). Noise: x_ij = clip(x_i + a_ij, 0, 1), \
+an altered-image stream (Parquet, or Arrow IPC on stdout with -o -), or with --emit embeddings the embeddings \
+of those images by --model, as alter | embed --model writes them. Noise: x_ij = clip(x_i + a_ij, 0, 1), \
 a_ij ~ N(0, eps_j^2), eps_j = eps_max j / J; each (image id, step) draws from its own seeded stream, so the \
 noise is identical whatever the batch size, subset, thread count or model. PGD: x_j = clip(x_(j-1) + alpha \
 sign(grad L), 0, 1) with L the model's own training loss (the relative weights of its terms as in \
@@ -306,7 +308,7 @@ impl Walk {
         }
     }
 
-    /// The model whose embeddings the run writes instead of images, if any.
+    /// PGD's model when the walk embeds its own levels (`--emit embeddings`), else `None`.
     fn embedding_model(&self) -> Option<&Encoder> {
         match self {
             Walk::Pgd {
@@ -316,7 +318,8 @@ impl Walk {
         }
     }
 
-    /// Values per output row: the model's dim when writing embeddings, else the image size.
+    /// Values per row the walk makes: PGD's model's dim when it embeds its own levels, else the
+    /// image size (a row embedder replaces them after).
     fn row_width(&self, set: &ImageSet) -> usize {
         self.embedding_model()
             .map_or(set.image_size(), |m| m.config().dim)
@@ -495,9 +498,9 @@ impl Run {
 
     /// Writes the output rows of every image of `set`, `batch` images at a time, calling
     /// `done(images)` after each batch. The walk's rows are made and written in turn; with a row
-    /// embedder, each batch's images are made on a thread of their own (one worker) while the
-    /// previous batch is embedded, so drawing the noise (about a tenth of embedding it) does not
-    /// add to the wall time.
+    /// embedder, each batch's images are made on threads of their own (one per
+    /// [`EMBEDDING_OVER_DRAWING`] workers, at least one) while the previous batch is embedded,
+    /// one batch ahead, so drawing the noise does not add to the wall time.
     fn write_all(
         &self,
         set: &ImageSet,
@@ -519,10 +522,12 @@ impl Run {
             });
         };
         std::thread::scope(|scope| {
-            // One batch made ahead: its images wait while the previous one is embedded.
-            let (made, to_embed) = std::sync::mpsc::sync_channel::<Result<(usize, VectorBatch)>>(1);
+            // A rendezvous: the next batch is made while one is embedded, and handed over when
+            // the embedding side takes it (one batch ahead, not more).
+            let (made, to_embed) = std::sync::mpsc::sync_channel::<Result<(usize, VectorBatch)>>(0);
+            let makers = rayon::current_num_threads().div_ceil(EMBEDDING_OVER_DRAWING);
             scope.spawn(move || {
-                let maker = match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+                let maker = match rayon::ThreadPoolBuilder::new().num_threads(makers).build() {
                     Ok(pool) => pool,
                     Err(e) => {
                         let _ =
@@ -552,6 +557,12 @@ impl Run {
         })
     }
 }
+
+/// Embedding a noise walk's images takes about this many times the CPU of drawing them: 48 s
+/// against 7 s for the MNIST walk (10,000 images x 101 steps, lenet5, one thread; perf profiles of
+/// `embed` and `alter --method noise`; the augment walk's views cost about three times more to
+/// draw). A run with a row embedder draws on one thread per that many workers.
+const EMBEDDING_OVER_DRAWING: usize = 7;
 
 /// The embeddings of `n` images in `embed`'s forward passes of [`EMBED_PASS_ROWS`] rows, a last
 /// shorter pass padded to the rows a row-invariant product needs: each embedding equals the one
