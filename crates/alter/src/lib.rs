@@ -11,7 +11,9 @@ use rmqm_alter::{
     noise_image, pgd_walk,
 };
 use rmqm_artifacts::{Output, VectorBatch, VectorBatchBuilder, VectorKind, VectorWriter, keys};
-use rmqm_cli::{DataDirArg, SelectionArgs, Stdio, Summary, ThreadsArg, base_provenance};
+use rmqm_cli::{
+    DataDirArg, EMBED_PASS_ROWS, SelectionArgs, Stdio, Summary, ThreadsArg, base_provenance,
+};
 use rmqm_data::{Dataset, ImageSet, LoadOptions, load};
 use rmqm_models::Encoder;
 use rmqm_vocab::Alteration;
@@ -39,9 +41,6 @@ pub enum PgdPreset {
     /// colour images (CIFAR-10); recorded as the alteration `pgd-reference`.
     Reference,
 }
-
-/// `embed`'s rows per forward pass by default (its `--batch-size`).
-const EMBED_PASS_ROWS: usize = 256;
 
 /// The rows of `embed`'s last forward pass over `rows` rows (passes of [`EMBED_PASS_ROWS`]) when
 /// they are fewer than the `needed` of a row-invariant product; `None` when every pass has enough.

@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long)]
     pub no_invert: bool,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = rmqm_cli::EMBED_PASS_ROWS)]
     pub batch_size: usize,
     /// Worker threads.
     #[command(flatten)]

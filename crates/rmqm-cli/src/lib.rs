@@ -47,6 +47,10 @@ pub fn base_provenance(tool: &str, args: &[String]) -> Provenance {
         .with(keys::COMMAND, command_line(args))
 }
 
+/// Rows per forward pass `embed` makes by default (its `--batch-size`): `alter --emit embeddings`
+/// embeds in passes of as many rows, so that its embeddings are those of `alter | embed`.
+pub const EMBED_PASS_ROWS: usize = 256;
+
 /// Sets the number of rayon worker threads (0 = one per core); safe to call more than once.
 pub fn init_threads(threads: usize) {
     if threads > 0 {
