@@ -14,6 +14,37 @@ fn read_all(path: &Path, kind: VectorKind) -> (VectorBatch, rmqm_artifacts::Prov
     (r.read_all().unwrap(), p)
 }
 
+/// `embed --model model --input images --batch-size pass -o out`, read back.
+fn embed_file(
+    model: &Path,
+    images: &Path,
+    pass: &str,
+    out: &Path,
+) -> (VectorBatch, rmqm_artifacts::Provenance) {
+    embed_tool::run(argv(
+        "embed",
+        &[
+            "--model",
+            s(model),
+            "--input",
+            s(images),
+            "--batch-size",
+            pass,
+            "-o",
+            s(out),
+        ],
+    ))
+    .unwrap();
+    read_all(out, VectorKind::Embedding)
+}
+
+/// A file's metadata without the keys naming the tool that wrote it and its command line.
+fn facts(p: &rmqm_artifacts::Provenance) -> BTreeMap<&str, &str> {
+    p.iter()
+        .filter(|(k, _)| !matches!(*k, "tool" | "command"))
+        .collect()
+}
+
 /// A fixture data folder with synthetic MNIST train (240) and test (40) splits.
 fn data() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -388,36 +419,18 @@ fn pgd_emitting_embeddings_equals_pgd_then_embed() {
             assert_eq!(f.len(), rows, "{method} {preset:?}");
             let mut pe = Default::default();
             for &pass in passes {
-                embed_tool::run(argv(
-                    "embed",
-                    &[
-                        "--model",
-                        s(&model),
-                        "--input",
-                        s(&images),
-                        "--batch-size",
-                        pass,
-                        "-o",
-                        s(&piped),
-                    ],
-                ))
-                .unwrap();
-                let (e, p) = read_all(&piped, VectorKind::Embedding);
+                let (e, p) = embed_file(&model, &images, pass, &piped);
                 assert!(
                     f == e,
                     "{method} {preset:?} batch {batch}, embed's passes of {pass}: rows differ"
                 );
                 pe = p;
             }
-            let (me, mf): (BTreeMap<_, _>, BTreeMap<_, _>) = (
-                pe.iter()
-                    .filter(|(k, _)| !matches!(*k, "tool" | "command"))
-                    .collect(),
-                pf.iter()
-                    .filter(|(k, _)| !matches!(*k, "tool" | "command"))
-                    .collect(),
+            assert_eq!(
+                facts(&pf),
+                facts(&pe),
+                "{method} {preset:?}: metadata differs"
             );
-            assert_eq!(mf, me, "{method} {preset:?}: metadata differs");
             assert_eq!(pf.get(keys::KIND), Some("trajectories"));
         }
     }
@@ -477,34 +490,12 @@ fn image_walks_emitting_embeddings_equal_the_walk_then_embed() {
                 }
                 compared += 1;
                 let pass = pass.to_string();
-                embed_tool::run(argv(
-                    "embed",
-                    &[
-                        "--model",
-                        s(&model),
-                        "--input",
-                        s(&images),
-                        "--batch-size",
-                        &pass,
-                        "-o",
-                        s(&piped),
-                    ],
-                ))
-                .unwrap();
-                let (e, pe) = read_all(&piped, VectorKind::Embedding);
+                let (e, pe) = embed_file(&model, &images, &pass, &piped);
                 assert!(
                     f == e,
                     "{walk:?} limit {limit} batch {batch}, embed's passes of {pass}: rows differ"
                 );
-                let (me, mf): (BTreeMap<_, _>, BTreeMap<_, _>) = (
-                    pe.iter()
-                        .filter(|(k, _)| !matches!(*k, "tool" | "command"))
-                        .collect(),
-                    pf.iter()
-                        .filter(|(k, _)| !matches!(*k, "tool" | "command"))
-                        .collect(),
-                );
-                assert_eq!(mf, me, "{walk:?}: metadata differs");
+                assert_eq!(facts(&pf), facts(&pe), "{walk:?}: metadata differs");
             }
         }
     }
