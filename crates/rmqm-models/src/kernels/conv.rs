@@ -721,6 +721,32 @@ mod tests {
         assert!((db.unwrap()[0] - db0).abs() < 1e-9);
     }
 
+    /// im2col's layout as the definition gives it, in the order (ci, ki, kj, oi, oj): each column
+    /// element's index and the input pixel it holds (None where it falls in the padding).
+    fn unfolded_taps(g: &ConvGeometry) -> Vec<(usize, Option<usize>)> {
+        let (ho, wo) = (g.ho(), g.wo());
+        let mut taps = Vec::with_capacity(g.ckk() * ho * wo);
+        for ci in 0..g.c_in {
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    let row = (ci * g.kh + ki) * g.kw + kj;
+                    for oi in 0..ho {
+                        for oj in 0..wo {
+                            let ii = (oi * g.stride + ki) as isize - g.padding as isize;
+                            let jj = (oj * g.stride + kj) as isize - g.padding as isize;
+                            let inside =
+                                ii >= 0 && jj >= 0 && (ii as usize) < g.h && (jj as usize) < g.w;
+                            let pixel =
+                                inside.then(|| (ci * g.h + ii as usize) * g.w + jj as usize);
+                            taps.push((row * ho * wo + oi * wo + oj, pixel));
+                        }
+                    }
+                }
+            }
+        }
+        taps
+    }
+
     /// col2im adds each column value into its pixel in the order (ci, ki, kj, oi, oj), so f32
     /// sums round the same whatever the inner loop's width: checked bit for bit against that
     /// loop written out, on LeNet's two input gradients and on odd, padded and strided shapes.
@@ -750,21 +776,9 @@ mod tests {
                 .collect();
             let start: Vec<f32> = (0..g.in_size()).map(|i| (i as f32 * 0.11).cos()).collect();
             let mut want = start.clone();
-            for ci in 0..c_in {
-                for ki in 0..k {
-                    for kj in 0..k {
-                        for oi in 0..ho {
-                            for oj in 0..wo {
-                                let ii = (oi * stride + ki) as isize - padding as isize;
-                                let jj = (oj * stride + kj) as isize - padding as isize;
-                                if ii >= 0 && jj >= 0 && (ii as usize) < h && (jj as usize) < w {
-                                    let row = (ci * k + ki) * k + kj;
-                                    want[(ci * h + ii as usize) * w + jj as usize] +=
-                                        cols[row * ho * wo + oi * wo + oj];
-                                }
-                            }
-                        }
-                    }
+            for (col, pixel) in unfolded_taps(&g) {
+                if let Some(pixel) = pixel {
+                    want[pixel] += cols[col];
                 }
             }
             let mut got = start;
@@ -810,32 +824,9 @@ mod tests {
                 let xb = &x[image * g.in_size()..];
                 let mut cols = vec![f64::NAN; g.ckk() * ho * wo + IM2COL_SLACK];
                 im2col(&g, xb, &mut cols);
-                for ci in 0..c_in {
-                    for ki in 0..k {
-                        for kj in 0..k {
-                            for oi in 0..ho {
-                                for oj in 0..wo {
-                                    let ii = (oi * stride + ki) as isize - padding as isize;
-                                    let jj = (oj * stride + kj) as isize - padding as isize;
-                                    let inside = ii >= 0
-                                        && jj >= 0
-                                        && (ii as usize) < h
-                                        && (jj as usize) < w;
-                                    let want = if inside {
-                                        xb[(ci * h + ii as usize) * w + jj as usize]
-                                    } else {
-                                        0.0
-                                    };
-                                    let row = (ci * k + ki) * k + kj;
-                                    let got = cols[row * ho * wo + oi * wo + oj];
-                                    assert_eq!(
-                                        got, want,
-                                        "{c_in} {h}x{w} k{k} s{stride} p{padding}"
-                                    );
-                                }
-                            }
-                        }
-                    }
+                for (col, pixel) in unfolded_taps(&g) {
+                    let want = pixel.map_or(0.0, |p| xb[p]);
+                    assert_eq!(cols[col], want, "{c_in} {h}x{w} k{k} s{stride} p{padding}");
                 }
                 // <im2col(x), c> = <x, col2im(c)> for a random c
                 let c: Vec<f64> = (0..g.ckk() * ho * wo)

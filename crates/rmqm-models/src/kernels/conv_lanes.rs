@@ -8,6 +8,14 @@
 //! im2col + gemm bit for bit.
 
 use super::Real;
+#[cfg(all(
+    target_arch = "x86_64",
+    any(
+        target_feature = "avx512f",
+        all(target_feature = "avx2", target_feature = "fma")
+    )
+))]
+use super::as_f32;
 use super::conv::ConvGeometry;
 
 /// Lanes of the channel layout's weight blocks and of the position layout's half rows: one
@@ -208,19 +216,6 @@ fn positions_in_lanes<T: Real>(g: &ConvGeometry, weights: &[T], scratch: &[T], o
             }
         }
     }
-}
-
-/// Reinterprets a slice of `T` as f32 when `T` is f32.
-#[cfg(all(
-    target_arch = "x86_64",
-    any(
-        target_feature = "avx512f",
-        all(target_feature = "avx2", target_feature = "fma")
-    )
-))]
-fn as_f32<T: Real>(v: &[T]) -> Option<&[f32]> {
-    // SAFETY: T is f32 (checked through its dtype), so the slice reinterprets in place.
-    (T::DTYPE == candle_core::DType::F32).then(|| unsafe { &*(v as *const [T] as *const [f32]) })
 }
 
 /// The channel layout's sums of one run: for each of its `R` positions q and each lane l,

@@ -12,6 +12,8 @@ use super::conv::{
 use super::conv_lanes::{self, DirectConv};
 use super::gemm::{Accum, MatRef, gemm_rm};
 use super::{GradLayout, Real, Want, vec_written_by};
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+use super::{as_f32, as_f32_mut, as_f32_uninit};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -46,16 +48,7 @@ fn pool_rows<T: Real>(r0: &[T], r1: &[T], yr: &mut [MaybeUninit<T>], cr: &mut [u
     #[allow(unused_mut)]
     let mut done = 0;
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if T::DTYPE == candle_core::DType::F32 {
-        // SAFETY: T is f32 (checked through its dtype), so each slice reinterprets in place, and
-        // MaybeUninit<f32> has f32's layout.
-        let (r0, r1, yr) = unsafe {
-            (
-                &*(r0 as *const [T] as *const [f32]),
-                &*(r1 as *const [T] as *const [f32]),
-                &mut *(yr as *mut [MaybeUninit<T>] as *mut [MaybeUninit<f32>]),
-            )
-        };
+    if let (Some(r0), Some(r1), Some(yr)) = (as_f32(r0), as_f32(r1), as_f32_uninit(yr)) {
         done = sse::pool_rows_f32(r0, r1, yr, cr);
     }
     for j in done..windows {
@@ -80,15 +73,9 @@ fn unpool_rows<T: Real>(codes: &[u8], grads: &[T], top: &mut [T], bottom: &mut [
     #[allow(unused_mut)]
     let mut done = 0;
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if T::DTYPE == candle_core::DType::F32 {
-        // SAFETY: T is f32 (checked through its dtype), so each slice reinterprets in place.
-        let (grads, top, bottom) = unsafe {
-            (
-                &*(grads as *const [T] as *const [f32]),
-                &mut *(top as *mut [T] as *mut [f32]),
-                &mut *(bottom as *mut [T] as *mut [f32]),
-            )
-        };
+    if let (Some(grads), Some(top), Some(bottom)) =
+        (as_f32(grads), as_f32_mut(top), as_f32_mut(bottom))
+    {
         done = sse::unpool_rows_f32(codes, grads, top, bottom);
     }
     for j in done..windows {

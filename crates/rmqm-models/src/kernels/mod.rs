@@ -113,6 +113,28 @@ pub(crate) unsafe fn vec_written_by_reserving<T: Real>(
     v
 }
 
+/// `v` as f32 when `T` is f32 (where a kernel hands f32 work to its SIMD code), else None.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) fn as_f32<T: Real>(v: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32 (checked through its dtype), so the slice reinterprets in place.
+    (T::DTYPE == candle_core::DType::F32).then(|| unsafe { &*(v as *const [T] as *const [f32]) })
+}
+
+/// [`as_f32`] for a slice to write.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) fn as_f32_mut<T: Real>(v: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: as `as_f32`.
+    (T::DTYPE == candle_core::DType::F32).then(|| unsafe { &mut *(v as *mut [T] as *mut [f32]) })
+}
+
+/// [`as_f32`] for output not yet written (`MaybeUninit<f32>` has f32's layout).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) fn as_f32_uninit<T: Real>(v: &mut [MaybeUninit<T>]) -> Option<&mut [MaybeUninit<f32>]> {
+    // SAFETY: as `as_f32`; MaybeUninit<T> has T's layout.
+    (T::DTYPE == candle_core::DType::F32)
+        .then(|| unsafe { &mut *(v as *mut [MaybeUninit<T>] as *mut [MaybeUninit<f32>]) })
+}
+
 /// Which of an op's three gradients to compute: with respect to its input, its weight (batch
 /// norm: gamma) and its bias (batch norm: beta). An argument that does not track gradients gets
 /// none: no weight gradients during PGD, no image gradient during training.
