@@ -363,15 +363,21 @@ fn lenet_gradients_match_finite_differences() {
 
 #[test]
 fn resnet_gradients_match_finite_differences_at_a_tiny_size() {
-    // Central differences through 18 layers resolve a gradient entry only to a few 1e-9 (f64
+    // Central differences through 18 layers resolve a gradient entry only to about 1e-8 (f64
     // round-off of the loss, divided by h): an entry of -7.03e-8 (analytic) came out as -7.22e-8
-    // at h = 1e-6 and -6.22e-8 at h = 5e-7. Entries below 1e-4 are judged by an absolute error
-    // of 1e-8; larger ones by a relative error of 1e-4 as everywhere.
+    // at h = 1e-6 and -6.22e-8 at h = 5e-7. On an Intel Xeon (family 6, model 207) an entry whose
+    // analytic gradient is exactly 0 (an off-centre tap of a layer4 3x3 kernel: on the 1x1 maps of
+    // an 8x8 image it only multiplies padding, and the Winograd transforms cancel it only up to
+    // rounding) came out as -1.04e-8, the largest absolute error of the 15 entries below 1e-4;
+    // the 123 larger entries agreed to a relative 4.7e-5 or better. A larger h does not help: at
+    // 2e-6 probes already cross ReLU and max-pooling kinks (relative errors of 4%). So entries
+    // below 5e-4 are judged by an absolute error of 5e-8, larger ones by a relative error of 1e-4
+    // as everywhere.
     check_model(
         config(Arch::Resnet18, Method::TripletEntropy, 3, 8, 6),
         2,
         2,
-        1e-4,
+        5e-4,
     );
 }
 
