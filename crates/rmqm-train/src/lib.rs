@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod losses;
 pub mod optim;
+pub mod semihard;
 mod trainer;
 
 pub use augment::{Augmentation, augment_batch, augment_image};

@@ -1,5 +1,6 @@
 //! The losses of the five training methods.
 
+use crate::semihard::{SemihardLoss, SemihardMining, for_each_semihard_triplet};
 use candle_core::{D, DType, Result, Tensor};
 use rmqm_models::{Encoder, Method};
 
@@ -32,52 +33,38 @@ pub fn semihard_triplets(
     labels: &[i64],
     margin: f64,
 ) -> Vec<(usize, usize, usize)> {
-    let n = labels.len();
     let mut out = Vec::new();
-    for a in 0..n {
-        for p in 0..n {
-            if p == a || labels[p] != labels[a] {
-                continue;
-            }
-            let dap = distances[a * n + p];
-            for (k, &l) in labels.iter().enumerate() {
-                if l == labels[a] {
-                    continue;
-                }
-                let dan = distances[a * n + k];
-                if dap < dan && dan < dap + margin {
-                    out.push((a, p, k));
-                }
-            }
-        }
-    }
+    for_each_semihard_triplet(distances, labels, margin, |a, p, ks| {
+        out.extend(ks.iter().map(|&k| (a, p, k)))
+    });
     out
 }
 
 /// Semihard triplet loss on L2-normalised embeddings: mean over the mined triplets of
 /// d(a,p) - d(a,n) + margin (all of which are positive, so this is the mean over non-zero losses);
-/// zero when the batch has none.
+/// zero when the batch has none. Computed by [`SemihardLoss`]; with candle's default ops on
+/// (`rmqm_models::ops::use_candle_default_ops`), by the equivalent `index_select` graph.
 pub fn semihard_triplet(embeddings: &Tensor, labels: &[i64], margin: f64) -> Result<Tensor> {
-    let n = embeddings.dim(0)?;
     let e = l2_normalise(embeddings)?;
     let d = pairwise_distances(&e)?;
     let values: Vec<f64> = d.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-    let triplets = semihard_triplets(&values, labels, margin);
-    if triplets.is_empty() {
+    let mining = SemihardMining::of(&values, labels, margin);
+    if mining.is_empty() {
         return d.sum_all()?.affine(0.0, 0.0);
     }
+    if rmqm_models::ops::candle_default_ops() {
+        return semihard_triplet_graph(&d, &mining, margin);
+    }
+    d.apply_op1(SemihardLoss { mining, margin })
+}
+
+/// The semihard triplet loss as a candle graph: the mined distances gathered by `index_select`,
+/// `d(a,p) - d(a,n) + margin`, `mean_all` (what [`SemihardLoss`] computes in one op).
+fn semihard_triplet_graph(d: &Tensor, mining: &SemihardMining, margin: f64) -> Result<Tensor> {
     let flat = d.flatten_all()?;
-    let ap: Vec<u32> = triplets
-        .iter()
-        .map(|&(a, p, _)| (a * n + p) as u32)
-        .collect();
-    let an: Vec<u32> = triplets
-        .iter()
-        .map(|&(a, _, k)| (a * n + k) as u32)
-        .collect();
-    let dev = embeddings.device();
-    let dap = flat.index_select(&Tensor::new(ap, dev)?, 0)?;
-    let dan = flat.index_select(&Tensor::new(an, dev)?, 0)?;
+    let dev = d.device();
+    let dap = flat.index_select(&Tensor::new(mining.positive_indices(), dev)?, 0)?;
+    let dan = flat.index_select(&Tensor::new(mining.negative_indices(), dev)?, 0)?;
     ((dap - dan)? + margin)?.mean_all()
 }
 
@@ -242,6 +229,98 @@ mod tests {
         // a=0,p=1 (d .3): negatives with .3 < d < .8: point 2 (.5). a=1,p=0 (.3): point 2 (.2)? no; point 3 (1.7)? no.
         // a=2,p=3 (1.5): negatives in (1.5, 2.0): none (0.5, 0.2). a=3,p=2 (1.5): in (1.5, 2.0): point 1 (1.7).
         assert_eq!(t, vec![(0, 1, 2), (3, 2, 1)]);
+    }
+
+    /// The embeddings' gradient of `n * loss + sum(e)` (an extra term, as triplet-entropy adds
+    /// cross-entropy) and the loss, through the op or through the graph.
+    fn loss_and_gradient(
+        e: &candle_core::Var,
+        labels: &[i64],
+        margin: f64,
+        graph: bool,
+    ) -> (Vec<f64>, Vec<f64>, usize) {
+        let x = e.as_tensor();
+        let d = pairwise_distances(&l2_normalise(x).unwrap()).unwrap();
+        let values: Vec<f64> = d
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mining = SemihardMining::of(&values, labels, margin);
+        let triplets = mining.len();
+        let loss = if graph {
+            semihard_triplet_graph(&d, &mining, margin).unwrap()
+        } else {
+            d.apply_op1(SemihardLoss { mining, margin }).unwrap()
+        };
+        let total = ((loss.clone() * labels.len() as f64).unwrap() + x.sum_all().unwrap()).unwrap();
+        let grads = total.backward().unwrap();
+        let as_f64 = |t: &Tensor| -> Vec<f64> {
+            t.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        (as_f64(&loss), as_f64(grads.get(x).unwrap()), triplets)
+    }
+
+    #[test]
+    fn semihard_op_matches_the_index_select_graph_bit_for_bit() {
+        use rand::{Rng, SeedableRng};
+        let device = candle_core::Device::Cpu;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        // (batch, classes, dim, margin, dtype): labelled batches of 10 classes, a triplet-ss batch
+        // (pairs of views), and f64.
+        let cases = [
+            (64, 10, 16, 0.2, DType::F32),
+            (256, 10, 16, 0.2, DType::F32),
+            (256, 10, 128, 1.0, DType::F32),
+            (128, 64, 32, 0.5, DType::F32),
+            (96, 10, 8, 0.2, DType::F64),
+        ];
+        for (n, classes, dim, margin, dtype) in cases {
+            let data: Vec<f32> = (0..n * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let labels: Vec<i64> = (0..n).map(|i| (i % classes) as i64).collect();
+            let e = candle_core::Var::from_tensor(
+                &Tensor::from_vec(data, (n, dim), &device)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            )
+            .unwrap();
+            let (op_values, op_grad, triplets) = loss_and_gradient(&e, &labels, margin, false);
+            let (graph_values, graph_grad, _) = loss_and_gradient(&e, &labels, margin, true);
+            assert!(
+                triplets > 100,
+                "case {n}/{classes}: only {triplets} triplets"
+            );
+            let differing = |a: &[f64], b: &[f64]| {
+                assert_eq!(a.len(), b.len());
+                let at: Vec<usize> = (0..a.len())
+                    .filter(|&i| a[i].to_bits() != b[i].to_bits())
+                    .collect();
+                at.first()
+                    .map(|&i| format!("{} differ, first at {i}: {} vs {}", at.len(), a[i], b[i]))
+            };
+            assert_eq!(
+                differing(&op_values, &graph_values),
+                None,
+                "loss, case {n}/{classes}"
+            );
+            assert_eq!(
+                differing(&op_grad, &graph_grad),
+                None,
+                "gradient, case {n}/{classes}"
+            );
+            assert!(
+                op_grad.iter().any(|&g| g != 1.0),
+                "the triplet term has a gradient"
+            );
+        }
     }
 
     #[test]
