@@ -225,6 +225,24 @@ fn col2im_add_strided<T: Real>(
     offset: usize,
     x: &mut [T],
 ) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    if super::fold_lanes::takes(g)
+        && let (Some(cols), Some(x)) = (super::as_f32(cols), super::as_f32_mut(x))
+    {
+        super::fold_lanes::fold_add(g, cols, row_len, offset, x);
+        return;
+    }
+    col2im_add_segments(g, cols, row_len, offset, x);
+}
+
+/// [`col2im_add_strided`] tap by tap, a row segment at a time (any geometry, any float).
+fn col2im_add_segments<T: Real>(
+    g: &ConvGeometry,
+    cols: &[T],
+    row_len: usize,
+    offset: usize,
+    x: &mut [T],
+) {
     let (ho, wo) = (g.ho(), g.wo());
     let hw = ho * wo;
     let (s, p) = (g.stride, g.padding);
@@ -686,6 +704,62 @@ fn accumulate_weight_grad_grouped<T: Real>(
 mod tests {
     use super::super::reference::{naive_conv as naive, operands};
     use super::*;
+
+    /// The fold in lanes (where the build has AVX-512F and the geometry allows: stride 1, rows
+    /// at most 32 wide) against the segment-by-segment fold: LeNet-5's layers (both variants),
+    /// odd shapes, paddings up to the kernel's, images side by side in the columns, a starting
+    /// image that is not zero, and values with zeros of both signs: equal bit for bit.
+    #[test]
+    fn folds_equal_the_segment_fold_bit_for_bit() {
+        let value = |i: usize, salt: usize| -> f32 {
+            let h = (i.wrapping_mul(2_654_435_761) ^ salt.wrapping_mul(97_531)) % 10_007;
+            match h % 11 {
+                0 => 0.0,
+                1 => -0.0,
+                _ => (h as f32 / 10_007.0 - 0.5) * 10f32.powi((h % 5) as i32 - 2),
+            }
+        };
+        let geometries = [
+            (1, 28, 28, 5, 5, 0),
+            (6, 12, 12, 5, 5, 0),
+            (1, 28, 28, 5, 5, 2),
+            (6, 14, 14, 5, 5, 0),
+            (3, 32, 32, 3, 3, 1),
+            (2, 7, 9, 3, 4, 1),
+            (2, 16, 17, 3, 3, 2),
+            (1, 6, 16, 1, 1, 0),
+            (1, 5, 33, 3, 3, 1),
+        ];
+        let mut in_lanes = 0;
+        for (case, &(c_in, h, w, kh, kw, padding)) in geometries.iter().enumerate() {
+            let g = ConvGeometry {
+                n: 1,
+                c_in,
+                h,
+                w,
+                c_out: 1,
+                kh,
+                kw,
+                stride: 1,
+                padding,
+            };
+            let hw = g.ho() * g.wo();
+            for (row_len, offset) in [(hw, 0), (3 * hw, hw)] {
+                let cols: Vec<f32> = (0..g.ckk() * row_len).map(|i| value(i, case)).collect();
+                let start: Vec<f32> = (0..c_in * h * w).map(|i| value(i, case + 50)).collect();
+                let mut want = start.clone();
+                col2im_add_segments(&g, &cols, row_len, offset, &mut want);
+                let mut got = start.clone();
+                col2im_add_strided(&g, &cols, row_len, offset, &mut got);
+                for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "case {case}, element {k}");
+                }
+                assert!(got != start, "case {case}: the fold added something");
+            }
+            in_lanes += usize::from(w <= 32);
+        }
+        assert_eq!(in_lanes, geometries.len() - 1);
+    }
 
     #[test]
     fn gradients_match_the_forward_by_linearity() {

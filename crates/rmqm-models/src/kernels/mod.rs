@@ -1,7 +1,8 @@
 //! Plain CPU kernels behind the custom ops, one module per family: gemm (row-major products on
 //! strided views), convolution as im2col + gemm (forward, input gradient, weight gradient) and
 //! 3x3 convolution by Winograd's F(2x2, 3x3),
-//! the fused convolution + ReLU + 2x2 max pool of LeNet, 2x2 max pooling with a first-maximum
+//! the fused convolution + ReLU + 2x2 max pool of LeNet (whose input gradient folds its columns
+//! back in AVX-512 lanes where the build has them), 2x2 max pooling with a first-maximum
 //! gradient, dense layers, batch norm, and the element-wise ReLU kernels. Generic over f32
 //! (training, inference) and f64 (gradient checks). Work is split over images across cores; each
 //! gemm inside runs on one core.
@@ -16,6 +17,8 @@ mod conv;
 mod conv_lanes;
 mod conv_pool;
 mod dense;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+mod fold_lanes;
 mod gemm;
 mod pool;
 #[cfg(test)]
