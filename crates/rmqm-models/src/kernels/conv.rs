@@ -728,9 +728,9 @@ mod tests {
             (2, 7, 9, 3, 4, 1),
             (2, 16, 17, 3, 3, 2),
             (1, 6, 16, 1, 1, 0),
+            // 33 wide: the segment fold on both sides (checks the dispatch).
             (1, 5, 33, 3, 3, 1),
         ];
-        let mut in_lanes = 0;
         for (case, &(c_in, h, w, kh, kw, padding)) in geometries.iter().enumerate() {
             let g = ConvGeometry {
                 n: 1,
@@ -756,9 +756,7 @@ mod tests {
                 }
                 assert!(got != start, "case {case}: the fold added something");
             }
-            in_lanes += usize::from(w <= 32);
         }
-        assert_eq!(in_lanes, geometries.len() - 1);
     }
 
     #[test]
