@@ -19,7 +19,7 @@ use std::arch::x86_64::{
 /// f32 lanes of a register.
 const LANES: usize = 16;
 /// The widest input rows folded here: two registers.
-pub(super) const MAX_WIDTH: usize = 2 * LANES;
+const MAX_WIDTH: usize = 2 * LANES;
 
 /// Whether [`fold_add`] takes this geometry: stride 1, input rows at most 32 wide.
 pub(super) fn takes(g: &ConvGeometry) -> bool {
@@ -65,14 +65,42 @@ unsafe fn fold_channels<const V: usize, const G: usize>(
     offset: usize,
     x: &mut [f32],
 ) {
+    let lanes = TapLanes::<V>::new(g);
     let grouped = g.c_in / G * G;
     // SAFETY: the caller's contract; the channel ranges lie in 0..c_in.
     unsafe {
         for first in (0..grouped).step_by(G) {
-            fold_rows::<V, G>(g, cols, row_len, offset, x, first);
+            fold_rows::<V, G>(g, &lanes, cols, row_len, offset, x, first);
         }
         for ci in grouped..g.c_in {
-            fold_rows::<V, 1>(g, cols, row_len, offset, x, ci);
+            fold_rows::<V, 1>(g, &lanes, cols, row_len, offset, x, ci);
+        }
+    }
+}
+
+/// The lanes a geometry's rows use, the same for every row and channel of an image.
+struct TapLanes<const V: usize> {
+    /// Per kernel column kj: the lanes it reaches (input columns kj - p .. kj - p + wo of the
+    /// row) and the offset of its loads (lane jj reads src[jj + p - kj]).
+    taps: Vec<([__mmask16; V], isize)>,
+    /// The lanes of a row's w columns.
+    row: [__mmask16; V],
+}
+
+impl<const V: usize> TapLanes<V> {
+    /// The lanes of `g`'s rows.
+    fn new(g: &ConvGeometry) -> Self {
+        let (wo, w, p) = (g.wo() as isize, g.w as isize, g.padding as isize);
+        let taps = (0..g.kw)
+            .map(|kj| {
+                let shift = p - kj as isize;
+                let (first, end) = ((-shift).max(0), (wo - shift).min(w));
+                (std::array::from_fn(|v| lanes(v, first, end)), shift)
+            })
+            .collect();
+        TapLanes {
+            taps,
+            row: std::array::from_fn(|v| lanes(v, 0, w)),
         }
     }
 }
@@ -86,6 +114,7 @@ unsafe fn fold_channels<const V: usize, const G: usize>(
 #[target_feature(enable = "avx512f")]
 unsafe fn fold_rows<const V: usize, const G: usize>(
     g: &ConvGeometry,
+    lanes: &TapLanes<V>,
     cols: &[f32],
     row_len: usize,
     offset: usize,
@@ -94,16 +123,7 @@ unsafe fn fold_rows<const V: usize, const G: usize>(
 ) {
     let (ho, wo) = (g.ho(), g.wo());
     let (h, w, p) = (g.h, g.w, g.padding as isize);
-    // Tap column kj reaches input columns kj - p .. kj - p + wo (within the row), reading
-    // src[jj + p - kj]: its lanes and the offset of its loads, the same for every row.
-    let taps: Vec<([__mmask16; V], isize)> = (0..g.kw)
-        .map(|kj| {
-            let shift = p - kj as isize;
-            let (first, end) = ((-shift).max(0), (wo as isize - shift).min(w as isize));
-            (std::array::from_fn(|v| lanes(v, first, end)), shift)
-        })
-        .collect();
-    let row_lanes: [__mmask16; V] = std::array::from_fn(|v| lanes(v, 0, w as isize));
+    let (taps, row_lanes) = (&lanes.taps, lanes.row);
     let cols = cols.as_ptr();
     for ii in 0..h {
         let out: [*mut f32; G] =
