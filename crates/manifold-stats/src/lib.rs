@@ -351,9 +351,10 @@ pub fn run_outcome(argv: Vec<String>, mut stdio: Stdio) -> Result<Outcome> {
         None => None,
     };
     let mut measured = measure(input, &args, &mut per_image_writer)?;
+    let spectrum = measured.spectrum.peers();
     let peers = PeerMetrics {
-        rankme: measured.spectrum.rankme(),
-        alpha_req: measured.spectrum.alpha_req(),
+        rankme: spectrum.rankme,
+        alpha_req: spectrum.alpha_req,
         lidar: measured
             .lidar
             .take()

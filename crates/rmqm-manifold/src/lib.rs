@@ -14,7 +14,7 @@ pub use lidar::{
     Lidar, LidarAccumulator, LidarConfig, LidarError, discriminant_eigenvalues, effective_rank,
     lidar_dense,
 };
-pub use spectrum::{AlphaReq, SpectrumAccumulator, alpha_req, rankme};
+pub use spectrum::{AlphaReq, SpectrumAccumulator, SpectrumPeers, alpha_req, rankme};
 pub use stream::{ImageTrajectory, TrajectoryError, TrajectoryGrouper};
 pub use summary::{
     CURVE_NAMES, Convention, ConventionSummary, CurveAccumulator, CurvePoint, StatsAccumulator,

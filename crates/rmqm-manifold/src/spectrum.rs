@@ -25,6 +25,15 @@ pub struct AlphaReq {
     pub r_squared: f64,
 }
 
+/// The label-free peer metrics of one set of embeddings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpectrumPeers {
+    /// RankMe (from the singular values).
+    pub rankme: f64,
+    /// alpha-ReQ (from the covariance eigenvalues).
+    pub alpha_req: AlphaReq,
+}
+
 impl SpectrumAccumulator {
     /// An empty accumulator for `dim`-dimensional embeddings.
     pub fn new(dim: usize) -> Self {
@@ -66,6 +75,10 @@ impl SpectrumAccumulator {
     /// Singular values of the N x dim embedding matrix, descending.
     pub fn singular_values(&mut self) -> Vec<f64> {
         self.flush();
+        self.gram_singular_values()
+    }
+
+    fn gram_singular_values(&self) -> Vec<f64> {
         symmetric_eigenvalues(&self.gram, self.dim)
             .into_iter()
             .map(|e| e.max(0.0).sqrt())
@@ -75,6 +88,10 @@ impl SpectrumAccumulator {
     /// Eigenvalues of the covariance matrix (divided by N), descending.
     pub fn covariance_eigenvalues(&mut self) -> Vec<f64> {
         self.flush();
+        self.gram_covariance_eigenvalues()
+    }
+
+    fn gram_covariance_eigenvalues(&self) -> Vec<f64> {
         let n = self.n as f64;
         let d = self.dim;
         let mut cov = vec![0.0; d * d];
@@ -84,6 +101,20 @@ impl SpectrumAccumulator {
             }
         }
         symmetric_eigenvalues(&cov, d)
+    }
+
+    /// RankMe and alpha-ReQ of the embeddings added so far, their two eigenproblems solved on two
+    /// threads of the pool.
+    pub fn peers(&mut self) -> SpectrumPeers {
+        self.flush();
+        let (singular_values, covariance_eigenvalues) = rayon::join(
+            || self.gram_singular_values(),
+            || self.gram_covariance_eigenvalues(),
+        );
+        SpectrumPeers {
+            rankme: rankme(&singular_values),
+            alpha_req: alpha_req(&covariance_eigenvalues),
+        }
     }
 
     /// RankMe of the embeddings added so far.
@@ -173,6 +204,10 @@ mod tests {
         }
         let r = acc.rankme();
         assert!((r - 16.0).abs() / 16.0 < 0.01, "{r}");
+        // Both metrics at once (two threads) equal each alone.
+        let peers = acc.peers();
+        assert_eq!(peers.rankme.to_bits(), r.to_bits());
+        assert_eq!(peers.alpha_req, acc.alpha_req());
         // A rank-one matrix has RankMe near 1.
         let mut acc = SpectrumAccumulator::new(8);
         for i in 0..100 {

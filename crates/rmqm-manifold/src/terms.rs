@@ -61,23 +61,85 @@ fn relative_change(a: f64, b: f64) -> Result<f64, ()> {
     }
 }
 
-fn normalise(row: &[f32]) -> Vec<f64> {
-    let norm = row
-        .iter()
-        .map(|&v| (v as f64) * (v as f64))
-        .sum::<f64>()
-        .sqrt();
-    // A zero vector stays zero: it has no direction.
-    let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-    row.iter().map(|&v| v as f64 * inv).collect()
+/// Rows measured side by side, one to a SIMD lane: the sums of different rows advance together, so
+/// their dependent adds overlap instead of each waiting on the previous one. Every sum keeps its own
+/// order (element 0 first, from zero), so the results equal summing each row alone.
+const LANES: usize = 8;
+
+/// One element of `LANES` consecutive rows.
+type Lanes = [f64; LANES];
+
+/// A trajectory's rows normalised to unit length (a zero row stays zero: it has no direction), in
+/// blocks of `LANES` rows stored element-major: element `i` of block `b` holds element `i` of rows
+/// `LANES * b ..` in its lanes, zeros past the last row.
+fn normalised_blocks(rows: &[f32], dim: usize) -> Vec<Lanes> {
+    let n = rows.len() / dim;
+    let mut blocks = vec![[0.0; LANES]; n.div_ceil(LANES) * dim];
+    for (b, block) in blocks.chunks_exact_mut(dim).enumerate() {
+        let first = b * LANES;
+        let row = |k: usize| &rows[(first + k) * dim..(first + k + 1) * dim];
+        if n - first >= LANES {
+            // A whole block: each element gathers its lanes from the rows at once.
+            let block_rows: [&[f32]; LANES] = std::array::from_fn(row);
+            for (i, element) in block.iter_mut().enumerate() {
+                *element = block_rows.map(|r| r[i] as f64);
+            }
+        } else {
+            for k in 0..n - first {
+                for (element, &v) in block.iter_mut().zip(row(k)) {
+                    element[k] = v as f64;
+                }
+            }
+        }
+        let mut squares = [0.0; LANES];
+        for element in block.iter() {
+            for k in 0..LANES {
+                squares[k] += element[k] * element[k];
+            }
+        }
+        let inverse_norms = squares.map(|square| {
+            let norm = square.sqrt();
+            if norm > 0.0 { 1.0 / norm } else { 0.0 }
+        });
+        for element in block.iter_mut() {
+            for k in 0..LANES {
+                element[k] *= inverse_norms[k];
+            }
+        }
+    }
+    blocks
 }
 
-fn distance(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f64>()
-        .sqrt()
+/// The distances of each normalised row to the clean one (d0) and to the previous one (dp), with
+/// d0_0 = dp_0 = 0.
+fn distances(blocks: &[Lanes], dim: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let clean = &blocks[..dim];
+    let mut d0 = Vec::with_capacity(blocks.len() / dim * LANES);
+    let mut dp = Vec::with_capacity(d0.capacity());
+    let mut previous_block: Option<&[Lanes]> = None;
+    for block in blocks.chunks_exact(dim) {
+        let mut to_clean = [0.0; LANES];
+        let mut to_previous = [0.0; LANES];
+        for (i, (element, clean_element)) in block.iter().zip(clean).enumerate() {
+            // Row r's predecessor: lane k - 1, or the previous block's last lane for k = 0.
+            let before = previous_block.map_or(0.0, |p| p[i][LANES - 1]);
+            let previous: Lanes =
+                std::array::from_fn(|k| if k == 0 { before } else { element[k - 1] });
+            let c = clean_element[0];
+            for k in 0..LANES {
+                to_clean[k] += (c - element[k]) * (c - element[k]);
+                to_previous[k] += (previous[k] - element[k]) * (previous[k] - element[k]);
+            }
+        }
+        d0.extend(to_clean.map(f64::sqrt));
+        dp.extend(to_previous.map(f64::sqrt));
+        previous_block = Some(block);
+    }
+    d0.truncate(n);
+    dp.truncate(n);
+    d0[0] = 0.0;
+    dp[0] = 0.0;
+    (d0, dp)
 }
 
 /// Computes one image's terms from its J+1 raw embeddings (`rows`, step-major, `dim` each); J >= 2.
@@ -85,13 +147,7 @@ pub fn image_terms(image_id: u32, label: i32, rows: &[f32], dim: usize) -> Image
     let n = rows.len() / dim;
     assert!(n >= 3, "a trajectory needs steps 0..J with J >= 2");
     let j_max = n - 1;
-    let normed: Vec<Vec<f64>> = rows.chunks_exact(dim).map(normalise).collect();
-    let mut d0 = vec![0.0; n];
-    let mut dp = vec![0.0; n];
-    for j in 1..n {
-        d0[j] = distance(&normed[0], &normed[j]);
-        dp[j] = distance(&normed[j - 1], &normed[j]);
-    }
+    let (d0, dp) = distances(&normalised_blocks(rows, dim), dim, n);
     let jf = j_max as f64;
 
     // Paper convention.
@@ -170,6 +226,62 @@ mod tests {
                 [(t.cos() as f32) * scale, (t.sin() as f32) * scale, 0.0]
             })
             .collect()
+    }
+
+    /// d0 and dp as the first version computed them: each distance summed alone.
+    fn distances_one_at_a_time(rows: &[f32], dim: usize) -> (Vec<f64>, Vec<f64>) {
+        let normed: Vec<Vec<f64>> = rows
+            .chunks_exact(dim)
+            .map(|row| {
+                let norm = row
+                    .iter()
+                    .map(|&v| (v as f64) * (v as f64))
+                    .sum::<f64>()
+                    .sqrt();
+                let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+                row.iter().map(|&v| v as f64 * inv).collect()
+            })
+            .collect();
+        let distance = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y) * (x - y))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let n = normed.len();
+        let mut d0 = vec![0.0; n];
+        let mut dp = vec![0.0; n];
+        for j in 1..n {
+            d0[j] = distance(&normed[0], &normed[j]);
+            dp[j] = distance(&normed[j - 1], &normed[j]);
+        }
+        (d0, dp)
+    }
+
+    #[test]
+    fn distances_summed_side_by_side_equal_each_summed_alone() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 7.0
+        };
+        // Step counts that leave every remainder group (8, 4, 2, 1) in use; a zero row and a row
+        // of negative zeros among them.
+        for (steps, dim) in [(3, 1), (4, 7), (16, 5), (24, 33), (101, 512), (102, 64)] {
+            let mut rows: Vec<f32> = (0..steps * dim).map(|_| next()).collect();
+            rows[dim..2 * dim].fill(0.0);
+            if steps > 5 {
+                rows[4 * dim..5 * dim].fill(-0.0);
+            }
+            let t = image_terms(0, 0, &rows, dim);
+            let (d0, dp) = distances_one_at_a_time(&rows, dim);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&t.d0), bits(&d0), "d0, {steps} steps of {dim}");
+            assert_eq!(bits(&t.dp), bits(&dp), "dp, {steps} steps of {dim}");
+        }
     }
 
     #[test]
