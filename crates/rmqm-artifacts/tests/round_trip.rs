@@ -372,3 +372,43 @@ fn many_row_groups_decoded_in_parallel_come_back_in_file_order() {
     .unwrap();
     assert_eq!(r.read_all().unwrap(), batch);
 }
+
+#[test]
+fn embeddings_are_stored_uncompressed_and_everything_else_snappy() {
+    use parquet::basic::Compression;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let dir = tempfile::tempdir().unwrap();
+    let codecs = |kind: VectorKind, name: &str| {
+        let path = dir.path().join(name);
+        let mut p = provenance();
+        if kind == VectorKind::Pixels {
+            p = p
+                .with(keys::CHANNELS, 1)
+                .with(keys::HEIGHT, 2)
+                .with(keys::WIDTH, 2);
+        }
+        let mut w = VectorWriter::create(&Output::Path(path.clone()), kind, 4, &p).unwrap();
+        w.write(&sample(4, 3, 2)).unwrap();
+        w.finish().unwrap();
+        let file = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let row_group = file.metadata().row_group(0);
+        row_group
+            .columns()
+            .iter()
+            .map(|c| (c.column_path().string(), c.compression()))
+            .collect::<Vec<_>>()
+    };
+    let embedding = codecs(VectorKind::Embedding, "e.parquet");
+    assert_eq!(embedding.len(), 5);
+    for (column, codec) in &embedding {
+        let expected = if column.starts_with("embedding") {
+            Compression::UNCOMPRESSED
+        } else {
+            Compression::SNAPPY
+        };
+        assert_eq!(*codec, expected, "{column}");
+    }
+    for (column, codec) in codecs(VectorKind::Pixels, "p.parquet") {
+        assert_eq!(codec, Compression::SNAPPY, "{column}");
+    }
+}
