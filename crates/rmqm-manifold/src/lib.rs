@@ -9,6 +9,12 @@ mod spectrum;
 mod stream;
 mod summary;
 mod terms;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512vl"
+))]
+mod terms_lanes;
 
 pub use lidar::{
     Lidar, LidarAccumulator, LidarConfig, LidarError, discriminant_eigenvalues, effective_rank,

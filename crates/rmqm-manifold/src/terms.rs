@@ -61,85 +61,126 @@ fn relative_change(a: f64, b: f64) -> Result<f64, ()> {
     }
 }
 
-/// Rows measured side by side, one to a SIMD lane: the sums of different rows advance together, so
-/// their dependent adds overlap instead of each waiting on the previous one. Every sum keeps its own
-/// order (element 0 first, from zero), so the results equal summing each row alone.
-const LANES: usize = 8;
+/// Each step's distances, j = 0..=J (both 0 at j = 0).
+pub(crate) struct Distances {
+    /// d0_j = |e_j - e_0|, between L2-normalised embeddings.
+    pub(crate) d0: Vec<f64>,
+    /// dp_j = |e_j - e_(j-1)|.
+    pub(crate) dp: Vec<f64>,
+}
 
-/// One element of `LANES` consecutive rows.
-type Lanes = [f64; LANES];
+/// The distances of the `rows` (`dim` values each) once normalised: in AVX-512 lanes where the
+/// build has them, else in generic blocks; the same values bit for bit either way.
+fn distances(rows: &[f32], dim: usize) -> Distances {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512vl"
+    ))]
+    return super::terms_lanes::distances(rows, dim);
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512vl"
+    )))]
+    blocks::distances_in_blocks(rows, dim)
+}
 
-/// A trajectory's rows normalised to unit length (a zero row stays zero: it has no direction), in
-/// blocks of `LANES` rows stored element-major: element `i` of block `b` holds element `i` of rows
-/// `LANES * b ..` in its lanes, zeros past the last row.
-fn normalised_blocks(rows: &[f32], dim: usize) -> Vec<Lanes> {
-    let n = rows.len() / dim;
-    let mut blocks = vec![[0.0; LANES]; n.div_ceil(LANES) * dim];
-    for (b, block) in blocks.chunks_exact_mut(dim).enumerate() {
-        let first = b * LANES;
-        let row = |k: usize| &rows[(first + k) * dim..(first + k + 1) * dim];
-        if n - first >= LANES {
-            // A whole block: each element gathers its lanes from the rows at once.
-            let block_rows: [&[f32]; LANES] = std::array::from_fn(row);
-            for (i, element) in block.iter_mut().enumerate() {
-                *element = block_rows.map(|r| r[i] as f64);
+/// The generic path: eight rows side by side in plain Rust (what builds without AVX-512 run, and
+/// what the tests compare the lanes with).
+mod blocks {
+    #![cfg_attr(
+        all(
+            target_arch = "x86_64",
+            target_feature = "avx512f",
+            target_feature = "avx512vl",
+            not(test)
+        ),
+        allow(dead_code)
+    )]
+    use super::Distances;
+
+    /// Rows measured side by side, one to a SIMD lane: the sums of different rows advance together, so
+    /// their dependent adds overlap instead of each waiting on the previous one. Every sum keeps its own
+    /// order (element 0 first, from zero), so the results equal summing each row alone.
+    const LANES: usize = 8;
+
+    /// One element of `LANES` consecutive rows.
+    type Lanes = [f64; LANES];
+
+    /// A trajectory's rows normalised to unit length (a zero row stays zero: it has no direction), in
+    /// blocks of `LANES` rows stored element-major: element `i` of block `b` holds element `i` of rows
+    /// `LANES * b ..` in its lanes, zeros past the last row.
+    fn normalised_blocks(rows: &[f32], dim: usize) -> Vec<Lanes> {
+        let n = rows.len() / dim;
+        let mut blocks = vec![[0.0; LANES]; n.div_ceil(LANES) * dim];
+        for (b, block) in blocks.chunks_exact_mut(dim).enumerate() {
+            let first = b * LANES;
+            let row = |k: usize| &rows[(first + k) * dim..(first + k + 1) * dim];
+            if n - first >= LANES {
+                // A whole block: each element gathers its lanes from the rows at once.
+                let block_rows: [&[f32]; LANES] = std::array::from_fn(row);
+                for (i, element) in block.iter_mut().enumerate() {
+                    *element = block_rows.map(|r| r[i] as f64);
+                }
+            } else {
+                for k in 0..n - first {
+                    for (element, &v) in block.iter_mut().zip(row(k)) {
+                        element[k] = v as f64;
+                    }
+                }
             }
-        } else {
-            for k in 0..n - first {
-                for (element, &v) in block.iter_mut().zip(row(k)) {
-                    element[k] = v as f64;
+            let mut squares = [0.0; LANES];
+            for element in block.iter() {
+                for k in 0..LANES {
+                    squares[k] += element[k] * element[k];
+                }
+            }
+            let inverse_norms = squares.map(|square| {
+                let norm = square.sqrt();
+                if norm > 0.0 { 1.0 / norm } else { 0.0 }
+            });
+            for element in block.iter_mut() {
+                for k in 0..LANES {
+                    element[k] *= inverse_norms[k];
                 }
             }
         }
-        let mut squares = [0.0; LANES];
-        for element in block.iter() {
-            for k in 0..LANES {
-                squares[k] += element[k] * element[k];
-            }
-        }
-        let inverse_norms = squares.map(|square| {
-            let norm = square.sqrt();
-            if norm > 0.0 { 1.0 / norm } else { 0.0 }
-        });
-        for element in block.iter_mut() {
-            for k in 0..LANES {
-                element[k] *= inverse_norms[k];
-            }
-        }
+        blocks
     }
-    blocks
-}
 
-/// The distances of each normalised row to the clean one (d0) and to the previous one (dp), with
-/// d0_0 = dp_0 = 0.
-fn distances(blocks: &[Lanes], dim: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
-    let clean = &blocks[..dim];
-    let mut d0 = Vec::with_capacity(blocks.len() / dim * LANES);
-    let mut dp = Vec::with_capacity(d0.capacity());
-    let mut previous_block: Option<&[Lanes]> = None;
-    for block in blocks.chunks_exact(dim) {
-        let mut to_clean = [0.0; LANES];
-        let mut to_previous = [0.0; LANES];
-        for (i, (element, clean_element)) in block.iter().zip(clean).enumerate() {
-            // Row r's predecessor: lane k - 1, or the previous block's last lane for k = 0.
-            let before = previous_block.map_or(0.0, |p| p[i][LANES - 1]);
-            let previous: Lanes =
-                std::array::from_fn(|k| if k == 0 { before } else { element[k - 1] });
-            let c = clean_element[0];
-            for k in 0..LANES {
-                to_clean[k] += (c - element[k]) * (c - element[k]);
-                to_previous[k] += (previous[k] - element[k]) * (previous[k] - element[k]);
+    /// [`distances`] in generic code, eight rows side by side.
+    pub(super) fn distances_in_blocks(rows: &[f32], dim: usize) -> Distances {
+        let n = rows.len() / dim;
+        let blocks = normalised_blocks(rows, dim);
+        let clean = &blocks[..dim];
+        let mut d0 = Vec::with_capacity(blocks.len() / dim * LANES);
+        let mut dp = Vec::with_capacity(d0.capacity());
+        let mut previous_block: Option<&[Lanes]> = None;
+        for block in blocks.chunks_exact(dim) {
+            let mut to_clean = [0.0; LANES];
+            let mut to_previous = [0.0; LANES];
+            for (i, (element, clean_element)) in block.iter().zip(clean).enumerate() {
+                // Row r's predecessor: lane k - 1, or the previous block's last lane for k = 0.
+                let before = previous_block.map_or(0.0, |p| p[i][LANES - 1]);
+                let previous: Lanes =
+                    std::array::from_fn(|k| if k == 0 { before } else { element[k - 1] });
+                let c = clean_element[0];
+                for k in 0..LANES {
+                    to_clean[k] += (c - element[k]) * (c - element[k]);
+                    to_previous[k] += (previous[k] - element[k]) * (previous[k] - element[k]);
+                }
             }
+            d0.extend(to_clean.map(f64::sqrt));
+            dp.extend(to_previous.map(f64::sqrt));
+            previous_block = Some(block);
         }
-        d0.extend(to_clean.map(f64::sqrt));
-        dp.extend(to_previous.map(f64::sqrt));
-        previous_block = Some(block);
+        d0.truncate(n);
+        dp.truncate(n);
+        d0[0] = 0.0;
+        dp[0] = 0.0;
+        Distances { d0, dp }
     }
-    d0.truncate(n);
-    dp.truncate(n);
-    d0[0] = 0.0;
-    dp[0] = 0.0;
-    (d0, dp)
 }
 
 /// Computes one image's terms from its J+1 raw embeddings (`rows`, step-major, `dim` each); J >= 2.
@@ -147,7 +188,7 @@ pub fn image_terms(image_id: u32, label: i32, rows: &[f32], dim: usize) -> Image
     let n = rows.len() / dim;
     assert!(n >= 3, "a trajectory needs steps 0..J with J >= 2");
     let j_max = n - 1;
-    let (d0, dp) = distances(&normalised_blocks(rows, dim), dim, n);
+    let Distances { d0, dp } = distances(rows, dim);
     let jf = j_max as f64;
 
     // Paper convention.
@@ -281,6 +322,10 @@ mod tests {
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&t.d0), bits(&d0), "d0, {steps} steps of {dim}");
             assert_eq!(bits(&t.dp), bits(&dp), "dp, {steps} steps of {dim}");
+            // The generic blocks too, where the build measures in AVX-512 lanes.
+            let blocks = blocks::distances_in_blocks(&rows, dim);
+            assert_eq!(bits(&blocks.d0), bits(&d0), "blocks d0, {steps} x {dim}");
+            assert_eq!(bits(&blocks.dp), bits(&dp), "blocks dp, {steps} x {dim}");
         }
     }
 
