@@ -11,6 +11,7 @@
 
 pub mod columns;
 mod error;
+mod flat_vectors;
 mod io;
 mod provenance;
 mod reader;

@@ -1,6 +1,7 @@
 //! Readers for Parquet files and Arrow IPC (stream or file), from a path or stdin, detected by
 //! their first bytes. Batches are read lazily, so memory is bounded by the batch size.
 
+use crate::flat_vectors::{FlatVectorBatches, FlatVectorColumn};
 use crate::{ArtifactError, Input, Provenance};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -12,6 +13,7 @@ use parquet::file::metadata::PageIndexPolicy;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The container format of an artifact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,14 +171,31 @@ impl ArtifactReader {
         let threads = decode_threads();
         let pieces = plan_pieces(metadata.metadata(), threads, MIN_SHARED_BYTES);
         let workers = threads.min(pieces.len());
+        let flat = FlatVectorColumn::find(&metadata);
         let batches: BatchIter = if workers > 1 {
             Box::new(ParallelPieces::start(
                 source,
                 metadata,
+                flat,
                 pieces,
                 batch_rows.max(1),
                 workers,
             ))
+        } else if flat.is_some() {
+            // One thread: the row groups one after another, each through the flat decode.
+            let groups: Vec<Piece> = pieces_by_row_group(metadata.metadata());
+            Box::new(groups.into_iter().flat_map(move |group| -> BatchIter {
+                match row_group_batches(
+                    &source,
+                    &metadata,
+                    flat.as_ref(),
+                    &[group],
+                    batch_rows.max(1),
+                ) {
+                    Ok(batches) => batches,
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                }
+            }))
         } else {
             Box::new(
                 ParquetRecordBatchReaderBuilder::new_with_metadata(first, metadata)
@@ -417,6 +436,7 @@ impl ParallelPieces {
     fn start(
         source: ParquetSource,
         metadata: ArrowReaderMetadata,
+        flat: Option<FlatVectorColumn>,
         pieces: Vec<Piece>,
         batch_rows: usize,
         workers: usize,
@@ -425,10 +445,10 @@ impl ParallelPieces {
         let receivers = (0..workers)
             .map(|k| {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<PieceBatches>(1);
-                let (source, metadata) = (source.clone(), metadata.clone());
+                let (source, metadata, flat) = (source.clone(), metadata.clone(), flat.clone());
                 let mine: Vec<Piece> = pieces.iter().skip(k).step_by(workers).copied().collect();
                 std::thread::spawn(move || {
-                    decode_pieces(&source, &metadata, &mine, batch_rows, &tx);
+                    decode_pieces(&source, &metadata, flat.as_ref(), &mine, batch_rows, &tx);
                 });
                 rx
             })
@@ -447,6 +467,7 @@ impl ParallelPieces {
 fn decode_pieces(
     source: &ParquetSource,
     metadata: &ArrowReaderMetadata,
+    flat: Option<&FlatVectorColumn>,
     mine: &[Piece],
     batch_rows: usize,
     tx: &std::sync::mpsc::SyncSender<PieceBatches>,
@@ -457,7 +478,7 @@ fn decode_pieces(
         let end = start + mine[start..].partition_point(|p| p.row_group == rg);
         let group = &mine[start..end];
         start = end;
-        let mut batches = match row_group_batches(source, metadata, group, batch_rows) {
+        let mut batches = match row_group_batches(source, metadata, flat, group, batch_rows) {
             Ok(b) => b,
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -500,10 +521,12 @@ fn decode_pieces(
 }
 
 /// A reader over the rows of `group` (pieces of one row group, in order), without a selection
-/// when they cover the whole row group.
+/// when they cover the whole row group; through the flat decode where the file's vector column
+/// allows it.
 fn row_group_batches(
     source: &ParquetSource,
     metadata: &ArrowReaderMetadata,
+    flat: Option<&FlatVectorColumn>,
     group: &[Piece],
     batch_rows: usize,
 ) -> Result<BatchIter, arrow_schema::ArrowError> {
@@ -542,14 +565,48 @@ fn row_group_batches(
         Ok(Box::new(reader))
     }
     let selection = (!whole).then(|| RowSelection::from(selectors));
-    match source {
-        ParquetSource::File(p) => {
-            let file =
-                File::open(p).map_err(|e| arrow_schema::ArrowError::ExternalError(Box::new(e)))?;
+    let io_err = |e: std::io::Error| arrow_schema::ArrowError::ExternalError(Box::new(e));
+    match (source, flat) {
+        (ParquetSource::File(p), Some(flat)) => {
+            let keys = File::open(p).map_err(io_err)?;
+            let values = Arc::new(File::open(p).map_err(io_err)?);
+            let batches =
+                FlatVectorBatches::new(keys, values, metadata, flat, rg, selection, batch_rows)?;
+            Ok(Box::new(batches))
+        }
+        (ParquetSource::Bytes(b), Some(flat)) => {
+            let values = Arc::new(b.clone());
+            let batches = FlatVectorBatches::new(
+                b.clone(),
+                values,
+                metadata,
+                flat,
+                rg,
+                selection,
+                batch_rows,
+            )?;
+            Ok(Box::new(batches))
+        }
+        (ParquetSource::File(p), None) => {
+            let file = File::open(p).map_err(io_err)?;
             build(file, metadata, rg, selection, batch_rows)
         }
-        ParquetSource::Bytes(b) => build(b.clone(), metadata, rg, selection, batch_rows),
+        (ParquetSource::Bytes(b), None) => build(b.clone(), metadata, rg, selection, batch_rows),
     }
+}
+
+/// Every row group of a file as one piece.
+fn pieces_by_row_group(metadata: &parquet::file::metadata::ParquetMetaData) -> Vec<Piece> {
+    metadata
+        .row_groups()
+        .iter()
+        .enumerate()
+        .map(|(row_group, meta)| Piece {
+            row_group,
+            first_row: 0,
+            rows: meta.num_rows().max(0) as usize,
+        })
+        .collect()
 }
 
 impl Iterator for ParallelPieces {
@@ -696,7 +753,7 @@ mod tests {
                 let pieces = plan_pieces(metadata.metadata(), workers, 0);
                 assert_eq!(pieces.len(), workers);
                 let batches: Vec<RecordBatch> =
-                    ParallelPieces::start(source, metadata.clone(), pieces, 7, workers)
+                    ParallelPieces::start(source, metadata.clone(), None, pieces, 7, workers)
                         .collect::<Result<_, _>>()
                         .unwrap();
                 assert!(batches.iter().all(|b| b.num_rows() <= 7));
@@ -711,5 +768,120 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A canonical vector file: keys and a non-null FixedSizeList<Float32, 5> of non-null items,
+    /// in row groups of 400 rows and pages of about 37 rows, with or without an offset index.
+    fn vector_file(rows: usize, offset_index: bool) -> bytes::Bytes {
+        let schema = Arc::new(crate::vector_schema(crate::VectorKind::Embedding, 5));
+        let ids: ArrayRef = Arc::new(arrow_array::UInt32Array::from_iter_values(0..rows as u32));
+        let labels: ArrayRef = Arc::new(arrow_array::Int32Array::from_iter_values(
+            (0..rows as i32).map(|i| i % 3),
+        ));
+        let steps: ArrayRef = Arc::new(arrow_array::UInt16Array::from_iter_values(
+            (0..rows).map(|i| (i % 11) as u16),
+        ));
+        let eps: ArrayRef = Arc::new(arrow_array::Float32Array::from_iter_values(
+            (0..rows).map(|i| i as f32 * 0.5),
+        ));
+        let item = Arc::new(arrow_schema::Field::new(
+            "item",
+            arrow_schema::DataType::Float32,
+            false,
+        ));
+        let values = arrow_array::Float32Array::from_iter_values(
+            (0..rows * 5).map(|i| (i as f32 * 0.37).sin()),
+        );
+        let vectors: ArrayRef = Arc::new(
+            arrow_array::FixedSizeListArray::try_new(item, 5, Arc::new(values), None).unwrap(),
+        );
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![ids, labels, steps, eps, vectors]).unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_data_page_row_count_limit(37)
+            .set_write_batch_size(37)
+            .set_max_row_group_row_count(Some(400))
+            .set_offset_index_disabled(!offset_index)
+            .build();
+        let mut out = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        bytes::Bytes::from(out)
+    }
+
+    #[test]
+    fn the_flat_vector_decode_equals_arrow_rs_for_any_pieces_and_batches() {
+        for offset_index in [true, false] {
+            let bytes = vector_file(1000, offset_index);
+            let metadata = ArrowReaderMetadata::load(&bytes, reader_options()).unwrap();
+            let flat = FlatVectorColumn::find(&metadata);
+            assert!(flat.is_some(), "our writer's layout is the canonical one");
+            assert_eq!(metadata.metadata().num_row_groups(), 3);
+            // Four workers cut each of the three row groups into pieces, so rows are skipped.
+            for workers in [1, 2, 3, 4] {
+                for batch_rows in [7, 64, 1000] {
+                    let pieces = plan_pieces(metadata.metadata(), workers, 0);
+                    let read = |flat: Option<FlatVectorColumn>| -> Vec<RecordBatch> {
+                        let source = ParquetSource::Bytes(bytes.clone());
+                        ParallelPieces::start(
+                            source,
+                            metadata.clone(),
+                            flat,
+                            pieces.clone(),
+                            batch_rows,
+                            workers,
+                        )
+                        .collect::<Result<_, _>>()
+                        .unwrap()
+                    };
+                    let generic = read(None);
+                    let fast = read(flat.clone());
+                    // The same batches: the key columns' reader cuts them as arrow-rs does.
+                    assert_eq!(fast.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
+                    assert_eq!(
+                        fast, generic,
+                        "{workers} workers, batches of {batch_rows}, offset index {offset_index}"
+                    );
+                }
+            }
+            // One thread, row group after row group.
+            let group = pieces_by_row_group(metadata.metadata());
+            let source = ParquetSource::Bytes(bytes.clone());
+            let rows: usize = group
+                .iter()
+                .map(|g| {
+                    row_group_batches(&source, &metadata, flat.as_ref(), &[*g], 64)
+                        .unwrap()
+                        .map(|b| b.unwrap().num_rows())
+                        .sum::<usize>()
+                })
+                .sum();
+            assert_eq!(rows, 1000);
+        }
+    }
+
+    #[test]
+    fn only_the_canonical_layout_takes_the_flat_decode() {
+        // A nullable list (what pyarrow writes by default) goes through arrow-rs.
+        let item = Arc::new(arrow_schema::Field::new(
+            "item",
+            arrow_schema::DataType::Float32,
+            true,
+        ));
+        let values = arrow_array::Float32Array::from_iter_values((0..20).map(|i| i as f32));
+        let vectors: ArrayRef = Arc::new(
+            arrow_array::FixedSizeListArray::try_new(item, 5, Arc::new(values), None).unwrap(),
+        );
+        let ids: ArrayRef = Arc::new(Int64Array::from_iter_values(0..4));
+        let batch =
+            RecordBatch::try_from_iter([("image_id", ids), ("embedding", vectors)]).unwrap();
+        let mut out = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let metadata =
+            ArrowReaderMetadata::load(&bytes::Bytes::from(out), reader_options()).unwrap();
+        assert!(FlatVectorColumn::find(&metadata).is_none());
     }
 }
