@@ -479,23 +479,22 @@ pub fn accumulate_weight_grad<T: Real>(
     dw: &mut [T],
     db: Option<&mut [T]>,
 ) {
-    let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
+    let hw = g.ho() * g.wo();
     assert_eq!(dy.len(), g.c_out * hw, "convolution output gradient size");
-    let direct = g.direct();
-    let src: &[T] = if direct {
-        x
-    } else {
-        im2col(g, x, cols);
-        cols
-    };
-    // dw (c_out x ckk) += dy (c_out x hw) * cols^T (hw x ckk)
-    gemm_rm(
-        dw,
-        Accum::Add,
-        MatRef::row_major(dy, g.c_out, hw),
-        MatRef::row_major(src, ckk, hw).t(),
-        Parallelism::None,
-    );
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    let in_lanes = super::wgrad_lanes::takes(g)
+        && match (super::as_f32(x), super::as_f32(dy), super::as_f32_mut(dw)) {
+            (Some(x), Some(dy), Some(dw)) => {
+                super::wgrad_lanes::accumulate(g, x, dy, dw);
+                true
+            }
+            _ => false,
+        };
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    let in_lanes = false;
+    if !in_lanes {
+        weight_grad_by_gemm(g, x, dy, cols, dw);
+    }
     if let Some(db) = db {
         for (s, plane) in db.iter_mut().zip(dy.chunks_exact(hw)) {
             for &v in plane {
@@ -503,6 +502,25 @@ pub fn accumulate_weight_grad<T: Real>(
             }
         }
     }
+}
+
+/// `dw (c_out x ckk) += dy (c_out x hw) * im2col(x)^T` through `cols` and the gemm (any
+/// geometry, any float).
+fn weight_grad_by_gemm<T: Real>(g: &ConvGeometry, x: &[T], dy: &[T], cols: &mut [T], dw: &mut [T]) {
+    let (hw, ckk) = (g.ho() * g.wo(), g.ckk());
+    let src: &[T] = if g.direct() {
+        x
+    } else {
+        im2col(g, x, cols);
+        cols
+    };
+    gemm_rm(
+        dw,
+        Accum::Add,
+        MatRef::row_major(dy, g.c_out, hw),
+        MatRef::row_major(src, ckk, hw).t(),
+        Parallelism::None,
+    );
 }
 
 /// Output positions below which an image's product is too narrow for the gemm to run at speed:
@@ -704,6 +722,62 @@ fn accumulate_weight_grad_grouped<T: Real>(
 mod tests {
     use super::super::reference::{naive_conv as naive, operands};
     use super::*;
+
+    /// The weight gradient in lanes (where the build has AVX-512F and the geometry allows: 5 x 5,
+    /// stride 1, no padding, 2 to 16 output channels) against im2col + gemm: LeNet-5's second
+    /// layer, 16 and 6 output channels, one input channel, the most positions the lanes take,
+    /// a starting gradient that is not zero, values with zeros of both signs: equal bit for bit.
+    #[test]
+    fn weight_grads_equal_im2col_and_gemm_bit_for_bit() {
+        let value = |i: usize, salt: usize| -> f32 {
+            let h = (i.wrapping_mul(2_654_435_761) ^ salt.wrapping_mul(97_531)) % 10_007;
+            match h % 13 {
+                0 => 0.0,
+                1 => -0.0,
+                _ => (h as f32 / 10_007.0 - 0.5) * 10f32.powi((h % 5) as i32 - 2),
+            }
+        };
+        // (c_in, h, w, c_out): positions (h - 4) x (w - 4)
+        let geometries = [
+            (6, 12, 12, 16),
+            (6, 12, 12, 6),
+            (1, 12, 12, 16),
+            (3, 20, 20, 11),
+            (2, 26, 26, 16),
+            (6, 14, 9, 16),
+        ];
+        for (case, &(c_in, h, w, c_out)) in geometries.iter().enumerate() {
+            let g = ConvGeometry {
+                n: 1,
+                c_in,
+                h,
+                w,
+                c_out,
+                kh: 5,
+                kw: 5,
+                stride: 1,
+                padding: 0,
+            };
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+            assert!(
+                super::super::wgrad_lanes::takes(&g),
+                "case {case} runs in lanes"
+            );
+            let hw = g.ho() * g.wo();
+            let x: Vec<f32> = (0..g.in_size()).map(|i| value(i, case)).collect();
+            let dy: Vec<f32> = (0..c_out * hw).map(|i| value(i, case + 30)).collect();
+            let start: Vec<f32> = (0..c_out * g.ckk()).map(|i| value(i, case + 60)).collect();
+            let mut cols = vec![0.0f32; g.ckk() * hw + IM2COL_SLACK];
+            let mut want = start.clone();
+            weight_grad_by_gemm(&g, &x, &dy, &mut cols, &mut want);
+            let mut got = start.clone();
+            accumulate_weight_grad(&g, &x, &dy, &mut cols, &mut got, None);
+            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "case {case}, element {k}");
+            }
+            assert!(got != start, "case {case}: the gradient changed");
+        }
+    }
 
     /// The fold in lanes (where the build has AVX-512F and the geometry allows: stride 1, rows
     /// at most 32 wide) against the segment-by-segment fold: LeNet-5's layers (both variants),

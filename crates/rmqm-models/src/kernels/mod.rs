@@ -23,6 +23,8 @@ mod gemm;
 mod pool;
 #[cfg(test)]
 mod reference;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+mod wgrad_lanes;
 mod winograd;
 
 pub use self::gemm::{Accum, MatRef, gemm_rm, row_invariant_rows};
