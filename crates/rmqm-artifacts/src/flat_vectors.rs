@@ -104,7 +104,6 @@ impl FlatVectorBatches {
         selection: Option<RowSelection>,
         batch_rows: usize,
     ) -> Result<Self, ArrowError> {
-        let parquet_err = |e: parquet::errors::ParquetError| ArrowError::ExternalError(Box::new(e));
         let file = metadata.metadata();
         let leaves = file.file_metadata().schema_descr();
         let rg_rows = file.row_group(rg).num_rows().max(0) as usize;
@@ -117,7 +116,7 @@ impl FlatVectorBatches {
         if let Some(s) = &selection {
             keys = keys.with_row_selection(s.clone());
         }
-        let keys = keys.build().map_err(parquet_err)?;
+        let keys = keys.build().map_err(parquet_error)?;
         let pages = SerializedPageReader::new_with_properties(
             values_chunks,
             file.row_group(rg).column(column.leaf),
@@ -127,7 +126,7 @@ impl FlatVectorBatches {
                 .cloned(),
             Arc::new(ReaderProperties::builder().build()),
         )
-        .map_err(parquet_err)?;
+        .map_err(parquet_error)?;
         let values =
             ColumnReaderImpl::<FloatType>::new(leaves.column(column.leaf), Box::new(pages));
         let selection = match selection {
@@ -147,7 +146,6 @@ impl FlatVectorBatches {
 
     /// The vectors of the next `rows` selected rows, `rows * width` values.
     fn read_selected(&mut self, rows: usize) -> Result<Vec<f32>, ArrowError> {
-        let parquet_err = |e: parquet::errors::ParquetError| ArrowError::ExternalError(Box::new(e));
         let width = self.column.width;
         let mut values = Vec::with_capacity(rows * width);
         let mut left = rows;
@@ -161,7 +159,7 @@ impl FlatVectorBatches {
                 let skipped = self
                     .values
                     .skip_records(run.row_count)
-                    .map_err(parquet_err)?;
+                    .map_err(parquet_error)?;
                 if skipped != run.row_count {
                     return Err(ArrowError::ComputeError(format!(
                         "the vector column ended {} rows before its row group",
@@ -183,7 +181,7 @@ impl FlatVectorBatches {
                     Some(&mut self.repetition),
                     &mut values,
                 )
-                .map_err(parquet_err)?;
+                .map_err(parquet_error)?;
             check_rows(
                 take,
                 width,
@@ -216,6 +214,11 @@ impl FlatVectorBatches {
         columns.insert(self.column.field, Arc::new(vectors));
         RecordBatch::try_new(self.schema.clone(), columns)
     }
+}
+
+/// A parquet error as the Arrow error the batch iterators carry.
+fn parquet_error(e: parquet::errors::ParquetError) -> ArrowError {
+    ArrowError::ExternalError(Box::new(e))
 }
 
 /// Checks one read of `rows` rows of `width` values: as many rows, values and levels as asked
