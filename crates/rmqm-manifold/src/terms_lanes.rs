@@ -46,8 +46,10 @@ pub(super) fn distances(rows: &[f32], dim: usize) -> Distances {
         let sums = unsafe {
             let inverse_norms = gather_block(&rows[first * dim..], dim, count, &mut block);
             if first == 0 {
+                // The clean row is lane 0 of the first block.
+                let scale = lane(inverse_norms, 0);
                 for (c, element) in clean.iter_mut().zip(block.chunks_exact(LANES)) {
-                    *c = element[0] * lane(inverse_norms, 0);
+                    *c = element[0] * scale;
                 }
             }
             measure_block(&mut block, dim, inverse_norms, &clean, &mut last_row)
