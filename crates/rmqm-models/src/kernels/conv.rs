@@ -723,20 +723,24 @@ mod tests {
     use super::super::reference::{naive_conv as naive, operands};
     use super::*;
 
+    /// A hashed test value for index `i`: zeros of both signs one time in `period` each, else
+    /// values of either sign at five scales, up to 50 in size.
+    fn scattered_value(i: usize, salt: usize, period: usize) -> f32 {
+        let h = (i.wrapping_mul(2_654_435_761) ^ salt.wrapping_mul(97_531)) % 10_007;
+        match h % period {
+            0 => 0.0,
+            1 => -0.0,
+            _ => (h as f32 / 10_007.0 - 0.5) * 10f32.powi((h % 5) as i32 - 2),
+        }
+    }
+
     /// The weight gradient in lanes (where the build has AVX-512F and the geometry allows: 5 x 5,
     /// stride 1, no padding, 2 to 16 output channels) against im2col + gemm: LeNet-5's second
     /// layer, 16 and 6 output channels, one input channel, the most positions the lanes take,
     /// a starting gradient that is not zero, values with zeros of both signs: equal bit for bit.
     #[test]
     fn weight_grads_equal_im2col_and_gemm_bit_for_bit() {
-        let value = |i: usize, salt: usize| -> f32 {
-            let h = (i.wrapping_mul(2_654_435_761) ^ salt.wrapping_mul(97_531)) % 10_007;
-            match h % 13 {
-                0 => 0.0,
-                1 => -0.0,
-                _ => (h as f32 / 10_007.0 - 0.5) * 10f32.powi((h % 5) as i32 - 2),
-            }
-        };
+        let value = |i: usize, salt: usize| scattered_value(i, salt, 13);
         // (c_in, h, w, c_out): positions (h - 4) x (w - 4)
         let geometries = [
             (6, 12, 12, 16),
@@ -785,14 +789,7 @@ mod tests {
     /// image that is not zero, and values with zeros of both signs: equal bit for bit.
     #[test]
     fn folds_equal_the_segment_fold_bit_for_bit() {
-        let value = |i: usize, salt: usize| -> f32 {
-            let h = (i.wrapping_mul(2_654_435_761) ^ salt.wrapping_mul(97_531)) % 10_007;
-            match h % 11 {
-                0 => 0.0,
-                1 => -0.0,
-                _ => (h as f32 / 10_007.0 - 0.5) * 10f32.powi((h % 5) as i32 - 2),
-            }
-        };
+        let value = |i: usize, salt: usize| scattered_value(i, salt, 11);
         let geometries = [
             (1, 28, 28, 5, 5, 0),
             (6, 12, 12, 5, 5, 0),
