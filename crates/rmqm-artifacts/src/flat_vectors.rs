@@ -27,10 +27,9 @@ use std::sync::Arc;
 /// Where a file's canonical vector column is, when it has one and every other column is flat.
 #[derive(Debug, Clone)]
 pub(crate) struct FlatVectorColumn {
-    /// Its index among the Arrow fields.
+    /// Its index among the Arrow fields, and its leaf's among the Parquet columns (every field
+    /// is one leaf, so the two are the same).
     field: usize,
-    /// Its leaf's index among the Parquet columns.
-    leaf: usize,
     /// Values per row.
     width: usize,
     /// The list's item field.
@@ -70,12 +69,7 @@ impl FlatVectorColumn {
             && leaf.physical_type() == PhysicalType::FLOAT
             && leaf.max_def_level() == 1
             && leaf.max_rep_level() == 1;
-        canonical.then_some(FlatVectorColumn {
-            field,
-            leaf: field,
-            width,
-            item,
-        })
+        canonical.then_some(FlatVectorColumn { field, width, item })
     }
 }
 
@@ -107,7 +101,7 @@ impl FlatVectorBatches {
         let file = metadata.metadata();
         let leaves = file.file_metadata().schema_descr();
         let rg_rows = file.row_group(rg).num_rows().max(0) as usize;
-        let key_leaves = (0..leaves.num_columns()).filter(|&c| c != column.leaf);
+        let key_leaves = (0..leaves.num_columns()).filter(|&c| c != column.field);
         let mut keys =
             ParquetRecordBatchReaderBuilder::new_with_metadata(keys_chunks, metadata.clone())
                 .with_row_groups(vec![rg])
@@ -119,16 +113,16 @@ impl FlatVectorBatches {
         let keys = keys.build().map_err(parquet_error)?;
         let pages = SerializedPageReader::new_with_properties(
             values_chunks,
-            file.row_group(rg).column(column.leaf),
+            file.row_group(rg).column(column.field),
             rg_rows,
             file.page_index_for_row_group(rg)
-                .page_locations(column.leaf)
+                .page_locations(column.field)
                 .cloned(),
             Arc::new(ReaderProperties::builder().build()),
         )
         .map_err(parquet_error)?;
         let values =
-            ColumnReaderImpl::<FloatType>::new(leaves.column(column.leaf), Box::new(pages));
+            ColumnReaderImpl::<FloatType>::new(leaves.column(column.field), Box::new(pages));
         let selection = match selection {
             Some(s) => Vec::<RowSelector>::from(s).into(),
             None => VecDeque::from([RowSelector::select(rg_rows)]),
