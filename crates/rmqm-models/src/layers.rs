@@ -68,6 +68,9 @@ impl Conv2d {
 pub struct Dense {
     weight: Tensor,
     bias: Tensor,
+    /// A frozen layer's weight by columns (the (in, out) transpose, contiguous), which forward
+    /// passes read without packing it; `None` when the weight trains.
+    columns: Option<Tensor>,
 }
 
 impl Dense {
@@ -80,11 +83,25 @@ impl Dense {
             Init::Uniform(bound),
         )?;
         let bias = store.param(&format!("{name}.bias"), d_out, Init::Uniform(bound))?;
-        Ok(Dense { weight, bias })
+        let columns = if store.trainable() {
+            None
+        } else {
+            Some(weight.t()?.contiguous()?)
+        };
+        Ok(Dense {
+            weight,
+            bias,
+            columns,
+        })
     }
+
     /// Applies the layer, then ReLU if `relu`.
     pub fn forward(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
-        ops::linear(x, &self.weight, Some(&self.bias), relu)
+        let op = ops::LinearOp {
+            relu,
+            columns: self.columns.clone(),
+        };
+        ops::linear_by(x, &self.weight, Some(&self.bias), op)
     }
 
     /// The fewest rows a forward pass needs for every row's output to be the same whatever rows

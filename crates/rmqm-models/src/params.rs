@@ -168,6 +168,11 @@ impl ParamStore {
         &self.device
     }
 
+    /// True when parameters are `Var`s that training updates; false for a frozen model.
+    pub fn trainable(&self) -> bool {
+        self.trainable
+    }
+
     /// Trainable variables in creation order.
     pub fn vars(&self) -> &[Var] {
         &self.vars

@@ -382,6 +382,36 @@ fn resnet_gradients_match_finite_differences_at_a_tiny_size() {
 }
 
 #[test]
+fn frozen_models_read_dense_weights_by_columns_to_the_same_embeddings() {
+    // A frozen model's dense layers read a column-major copy of their weights; a trainable one
+    // the weights themselves. Same seed, same images: the same embeddings and head logits, bit for
+    // bit, in passes of the row-invariant rows or more (LeNet-5 at a narrow and a wide dim, and
+    // ResNet-18's MLP).
+    for cfg in [
+        config(Arch::Lenet5, Method::CrossEntropy, 1, 28, 16),
+        config(Arch::Lenet5, Method::CrossEntropy, 1, 28, 128),
+        config(Arch::Resnet18, Method::CrossEntropy, 3, 8, 8),
+    ] {
+        let frozen = Encoder::init(cfg.clone(), DType::F32, &Device::Cpu, false).unwrap();
+        let trainable = Encoder::init(cfg.clone(), DType::F32, &Device::Cpu, true).unwrap();
+        let n = frozen.row_invariant_rows() + 3;
+        let shape = [n, cfg.channels, cfg.height, cfg.width];
+        let x = ((rand_tensor(&shape, 6, DType::F32) + 1.0).unwrap() * 0.5).unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        let (a, b) = (
+            frozen.embed(&x, false).unwrap(),
+            trainable.embed(&x, false).unwrap(),
+        );
+        assert_eq!(bits(&a), bits(&b), "{} dim {}", cfg.arch, cfg.dim);
+        let logits = |m: &Encoder, e: &Tensor| m.logits(e).unwrap().unwrap();
+        assert_eq!(bits(&logits(&frozen, &a)), bits(&logits(&trainable, &b)));
+    }
+}
+
+#[test]
 fn saved_models_reload_to_identical_outputs() {
     let dir = tempfile::tempdir().unwrap();
     for cfg in [

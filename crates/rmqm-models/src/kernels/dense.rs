@@ -4,18 +4,19 @@ use super::gemm::{Accum, MatRef, gemm_rm, parallelism};
 use super::{GradLayout, Real, Want};
 use rayon::prelude::*;
 
-/// Dense layer forward: `y (n, out) = x (n, in) * w^T + b`, ReLU if `relu`.
+/// Dense layer forward: `y (n, out) = x (n, in) * w^T + b`, ReLU if `relu`; `w` is the
+/// `(out, in)` weight as stored: row-major, or column-major (a transposed view of a row-major
+/// `(in, out)` copy), which the product reads without packing it first. Both give the same values
+/// whenever `n` is at least [`super::row_invariant_rows`]`(in, out)`.
 pub fn linear_forward<T: Real>(
     x: &[T],
-    w: &[T],
+    w: MatRef<'_, T>,
     b: Option<&[T]>,
     n: usize,
-    d_in: usize,
-    d_out: usize,
     relu: bool,
 ) -> Vec<T> {
+    let (d_out, d_in) = (w.rows(), w.cols());
     assert_eq!(x.len(), n * d_in, "dense input size");
-    assert_eq!(w.len(), d_out * d_in, "dense weight size");
     if let Some(b) = b {
         assert_eq!(b.len(), d_out, "dense bias size");
     }
@@ -24,7 +25,7 @@ pub fn linear_forward<T: Real>(
         &mut y,
         Accum::Replace,
         MatRef::row_major(x, n, d_in),
-        MatRef::row_major(w, d_out, d_in).t(),
+        w.t(),
         parallelism(n * d_in * d_out),
     );
     if b.is_some() || relu {
@@ -90,9 +91,54 @@ mod tests {
 
     #[test]
     fn relu_keeps_nan_visible() {
-        let y = linear_forward(&[f32::NAN, 1.0], &[1.0, 1.0], None, 1, 2, 1, true);
+        let w = MatRef::row_major(&[1.0, 1.0], 1, 2);
+        let y = linear_forward(&[f32::NAN, 1.0], w, None, 1, true);
         assert!(y[0].is_nan());
         assert!(relu_mask(&[2.0f32, 3.0], &[f32::NAN, 0.0])[0] == 2.0);
+    }
+
+    #[test]
+    fn a_weight_by_columns_gives_the_rows_values_from_the_row_invariant_rows_on() {
+        // A value of no simple pattern, so a misplaced element changes some output.
+        let value =
+            |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 1013) as f32 / 997.0 - 0.5;
+        // LeNet-5's layers, the head, ResNet-18's MLP and odd sizes.
+        for (d_in, d_out) in [
+            (256, 512),
+            (512, 512),
+            (512, 16),
+            (16, 10),
+            (84, 16),
+            (3, 5),
+            (1024, 64),
+        ] {
+            let w: Vec<f32> = (0..d_out * d_in).map(|i| value(i, 1)).collect();
+            let mut columns = vec![0.0; d_in * d_out];
+            for o in 0..d_out {
+                for i in 0..d_in {
+                    columns[i * d_out + o] = w[o * d_in + i];
+                }
+            }
+            let b: Vec<f32> = (0..d_out).map(|i| value(i, 2)).collect();
+            let first = crate::kernels::row_invariant_rows(d_in, d_out);
+            for n in [first, first + 1, first + 47, 256] {
+                let x: Vec<f32> = (0..n * d_in).map(|i| value(i, 3)).collect();
+                let by_rows =
+                    linear_forward(&x, MatRef::row_major(&w, d_out, d_in), Some(&b), n, true);
+                let by_columns = linear_forward(
+                    &x,
+                    MatRef::row_major(&columns, d_in, d_out).t(),
+                    Some(&b),
+                    n,
+                    true,
+                );
+                let same = by_rows
+                    .iter()
+                    .zip(&by_columns)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{d_in} -> {d_out}, {n} rows");
+            }
+        }
     }
 
     #[test]

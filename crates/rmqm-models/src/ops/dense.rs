@@ -2,14 +2,19 @@
 
 use super::activation::pre_activation_grad;
 use super::{Map, candle_default_ops, unpack};
-use crate::kernels::{self, GradLayout, Real, Want};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use crate::kernels::{self, GradLayout, MatRef, Real, Want};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
 
 /// A dense layer `y = x w^T + b` on (n, in) inputs with (out, in) weights, optional fused ReLU.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LinearOp {
     /// Apply ReLU to the output.
     pub relu: bool,
+    /// A frozen layer's weight stored by columns: the (in, out) transpose, contiguous. The
+    /// forward pass reads it instead of the weight when the pass has rows enough for the same
+    /// values ([`kernels::row_invariant_rows`]): the product then skips packing the weight. The
+    /// backward pass always takes the weight.
+    pub columns: Option<Tensor>,
 }
 
 /// A dense layer's sizes: n inputs of d_in features to d_out outputs.
@@ -20,16 +25,30 @@ struct DenseDims {
     d_out: usize,
 }
 
+/// How the forward pass's weight input is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightOrder {
+    /// (out, in), row-major: the layer's weight.
+    Rows,
+    /// (in, out), row-major: the weight's columns ([`LinearOp::columns`]).
+    Columns,
+}
+
 /// The forward kernel call: inputs x, weight and, for `Map<3>`, the bias.
 struct DenseForward {
     dims: DenseDims,
     relu: bool,
+    order: WeightOrder,
 }
 
 impl DenseForward {
     fn run<T: Real>(&self, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
         let DenseDims { n, d_in, d_out } = self.dims;
-        kernels::linear_forward(x, w, b, n, d_in, d_out, self.relu)
+        let w = match self.order {
+            WeightOrder::Rows => MatRef::row_major(w, d_out, d_in),
+            WeightOrder::Columns => MatRef::row_major(w, d_in, d_out).t(),
+        };
+        kernels::linear_forward(x, w, b, n, self.relu)
     }
 }
 
@@ -70,9 +89,32 @@ impl LinearOp {
             bail!("linear: input has {d_in} features, weight expects {d_in2}");
         }
         let dims = DenseDims { n, d_in, d_out };
+        let columns = self
+            .columns
+            .as_ref()
+            .filter(|_| n >= kernels::row_invariant_rows(d_in, d_out))
+            .map(|c| c.storage_and_layout());
+        let mut inputs: [(&CpuStorage, &Layout); N] = inputs;
+        let order = match &columns {
+            Some((storage, layout)) => {
+                let Storage::Cpu(storage) = &**storage else {
+                    bail!("linear: the weight's columns are not on the CPU");
+                };
+                if layout.dims() != [d_in, d_out] {
+                    bail!(
+                        "linear: the weight's columns have shape {:?}, expected [{d_in}, {d_out}]",
+                        layout.dims()
+                    );
+                }
+                inputs[1] = (storage, layout);
+                WeightOrder::Columns
+            }
+            None => WeightOrder::Rows,
+        };
         let out = DenseForward {
             dims,
             relu: self.relu,
+            order,
         }
         .map(inputs)?;
         Ok((out, Shape::from((n, d_out))))
@@ -220,6 +262,20 @@ impl CustomOp3 for LinearOp {
 
 /// Dense layer `x w^T (+ b)`, fused ReLU if `relu`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    linear_by(
+        x,
+        w,
+        b,
+        LinearOp {
+            relu,
+            columns: None,
+        },
+    )
+}
+
+/// Dense layer `x w^T (+ b)` computed by `op` (ReLU, and the frozen weight's columns if any).
+pub fn linear_by(x: &Tensor, w: &Tensor, b: Option<&Tensor>, op: LinearOp) -> Result<Tensor> {
+    let relu = op.relu;
     if candle_default_ops() {
         let mut y = x.matmul(&w.t()?)?;
         if let Some(b) = b {
@@ -227,7 +283,6 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, relu: bool) -> Result<
         }
         return if relu { y.relu() } else { Ok(y) };
     }
-    let op = LinearOp { relu };
     let x = x.contiguous()?;
     match b {
         Some(b) => x.apply_op3(w, b, op),

@@ -18,7 +18,7 @@ pub use activation::{AddReluOp, add_relu};
 pub use batch_norm::{BatchNormOp, ChannelAffineOp, batch_norm_train, channel_affine};
 pub use conv::{Conv2dOp, conv2d};
 pub use conv_pool::{ConvReluPoolOp, conv2d_relu_pool};
-pub use dense::{LinearOp, linear};
+pub use dense::{LinearOp, linear, linear_by};
 pub use pool::{MaxPool2x2, max_pool2x2};
 
 use crate::kernels::{GradLayout, Real};
