@@ -4,7 +4,19 @@
 
 mod augment;
 mod noise;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512vl"
+))]
+mod noise_lanes;
 mod pgd;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512vl"
+))]
+mod ziggurat_table;
 
 pub use augment::{AugmentConfig, augment_view};
 pub use noise::{NoiseConfig, NoiseDirection, noise_image, noise_stream_key};
