@@ -43,43 +43,79 @@ enum Rule {
 /// Applies `rule` to parameters `p` with gradient `g` and state buffers `a`, `b`.
 fn apply_rule<T: Real>(rule: Rule, p: &mut [T], g: &[T], a: &mut [T], b: &mut [T]) {
     const CHUNK: usize = 1 << 13;
-    p.par_chunks_mut(CHUNK)
+    let chunks = p
+        .par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK))
-        .zip(a.par_chunks_mut(CHUNK).zip(b.par_chunks_mut(CHUNK)))
-        .for_each(|((pc, gc), (ac, bc))| {
-            for (((p, &g), a), b) in pc.iter_mut().zip(gc).zip(ac).zip(bc.iter_mut()) {
-                let (gv, pv) = (g.to_f64(), p.to_f64());
-                match rule {
-                    Rule::Nesterov {
-                        lr,
-                        momentum,
-                        first,
-                    } => {
-                        let buf = if first {
-                            gv
-                        } else {
-                            momentum * a.to_f64() + gv
-                        };
-                        *a = T::from_f64(buf);
-                        *p = T::from_f64(pv - lr * (gv + momentum * buf));
-                    }
-                    Rule::Adam {
-                        lr,
-                        beta1,
-                        beta2,
-                        eps,
-                        c1,
-                        c2,
-                    } => {
-                        let m = beta1 * a.to_f64() + (1.0 - beta1) * gv;
-                        let v = beta2 * b.to_f64() + (1.0 - beta2) * gv * gv;
-                        *a = T::from_f64(m);
-                        *b = T::from_f64(v);
-                        *p = T::from_f64(pv - lr * (m / c1) / ((v / c2).sqrt() + eps));
-                    }
-                }
-            }
-        });
+        .zip(a.par_chunks_mut(CHUNK).zip(b.par_chunks_mut(CHUNK)));
+    // One loop per rule, the rule chosen once: each loop runs in vector lanes.
+    match rule {
+        Rule::Nesterov {
+            lr,
+            momentum,
+            first,
+        } => chunks.for_each(|((p, g), (buf, _))| nesterov(p, g, buf, lr, momentum, first)),
+        Rule::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            c1,
+            c2,
+        } => chunks.for_each(|((p, g), (m, v))| {
+            let moments = AdamMoments {
+                beta1,
+                beta2,
+                c1,
+                c2,
+            };
+            adam(p, g, m, v, lr, eps, moments)
+        }),
+    }
+}
+
+/// Nesterov SGD on one run of elements: buf = mu buf + g (g at the first step),
+/// p -= lr (g + mu buf).
+fn nesterov<T: Real>(p: &mut [T], g: &[T], buf: &mut [T], lr: f64, momentum: f64, first: bool) {
+    for ((p, &g), a) in p.iter_mut().zip(g).zip(buf) {
+        let gv = g.to_f64();
+        let b = if first {
+            gv
+        } else {
+            momentum * a.to_f64() + gv
+        };
+        *a = T::from_f64(b);
+        *p = T::from_f64(p.to_f64() - lr * (gv + momentum * b));
+    }
+}
+
+/// Adam's decay rates and bias corrections.
+#[derive(Debug, Clone, Copy)]
+struct AdamMoments {
+    beta1: f64,
+    beta2: f64,
+    c1: f64,
+    c2: f64,
+}
+
+/// Adam on one run of elements: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
+/// p -= lr (m / c1) / (sqrt(v / c2) + eps).
+fn adam<T: Real>(
+    p: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    lr: f64,
+    eps: f64,
+    k: AdamMoments,
+) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+        let gv = g.to_f64();
+        let mv = k.beta1 * m.to_f64() + (1.0 - k.beta1) * gv;
+        let vv = k.beta2 * v.to_f64() + (1.0 - k.beta2) * gv * gv;
+        *m = T::from_f64(mv);
+        *v = T::from_f64(vv);
+        *p = T::from_f64(p.to_f64() - lr * (mv / k.c1) / ((vv / k.c2).sqrt() + eps));
+    }
 }
 
 /// One variable's update as a candle in-place op: applied as `var.inplace_op2(grad, op)`.
