@@ -54,7 +54,7 @@ impl Augmentation {
 }
 
 /// A 3x3 matrix mapping homogeneous output coordinates to input coordinates.
-type Mat3 = [f64; 9];
+pub(crate) type Mat3 = [f64; 9];
 
 fn mul(a: &Mat3, b: &Mat3) -> Mat3 {
     let mut c = [0.0; 9];
@@ -182,11 +182,16 @@ const COORD_LANES: usize = 4;
 
 /// Samples `img` (c, h, w) at the input coordinates `m` gives each output pixel; bilinear, zero outside.
 pub fn warp(img: &[f32], c: usize, h: usize, w: usize, m: &Mat3) -> Vec<f32> {
-    assert!(img.len() >= c * h * w, "warp: image size");
     let mut out = vec![0.0f32; c * h * w];
-    // Each plane with a one-pixel border of zeros: the four taps of a point whose top-left tap is
-    // at most one pixel outside read zeros there (as zero padding gives); a point further out
-    // has all four taps outside, and its output stays 0.
+    warp_bordered(&bordered_planes(img, c, h, w), c, h, w, m, &mut out);
+    out
+}
+
+/// Each plane of `img` with a one-pixel border of zeros: the four taps of a point whose top-left
+/// tap is at most one pixel outside read zeros there (as zero padding gives); a point further out
+/// has all four taps outside, and its output stays 0.
+fn bordered_planes(img: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+    assert!(img.len() >= c * h * w, "warp: image size");
     let (bw, bh) = (w + 2, h + 2);
     let mut bordered = vec![0.0f32; c * bh * bw];
     for ch in 0..c {
@@ -195,6 +200,44 @@ pub fn warp(img: &[f32], c: usize, h: usize, w: usize, m: &Mat3) -> Vec<f32> {
                 .copy_from_slice(&img[(ch * h + y) * w..][..w]);
         }
     }
+    bordered
+}
+
+/// The warp of the zero-bordered planes into `out` (zeros): in AVX-512 lanes where the build has
+/// them, else four coordinates at a time in plain Rust; the same values bit for bit either way.
+fn warp_bordered(bordered: &[f32], c: usize, h: usize, w: usize, m: &Mat3, out: &mut [f32]) {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512vl"
+    ))]
+    return super::warp_lanes::warp_bordered(bordered, c, h, w, m, out);
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512vl"
+    )))]
+    warp_bordered_generic(bordered, c, h, w, m, out)
+}
+
+/// [`warp_bordered`] in plain Rust: four source coordinates computed together per row.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512vl"
+    ),
+    allow(dead_code)
+)]
+fn warp_bordered_generic(
+    bordered: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    m: &Mat3,
+    out: &mut [f32],
+) {
+    let (bw, bh) = (w + 2, h + 2);
     let (mut us, mut vs, mut zs) = (
         [0.0f64; COORD_LANES],
         [0.0; COORD_LANES],
@@ -235,7 +278,6 @@ pub fn warp(img: &[f32], c: usize, h: usize, w: usize, m: &Mat3) -> Vec<f32> {
             }
         }
     }
-    out
 }
 
 /// One augmented view of one image (c, h, w), from the stream keyed by (seed, epoch, id, view).
@@ -380,12 +422,19 @@ mod tests {
             for _ in 0..200 {
                 matrices.push(std::array::from_fn(|_| rng.random_range(-2.0..2.0)));
             }
+            let generic = |m: &Mat3| {
+                let mut out = vec![0.0f32; c * h * w];
+                warp_bordered_generic(&bordered_planes(&img, c, h, w), c, h, w, m, &mut out);
+                out
+            };
             for (i, m) in matrices.iter().enumerate() {
+                let want = bits(&warp_pixel_by_pixel(&img, c, h, w, m));
                 assert_eq!(
                     bits(&warp(&img, c, h, w, m)),
-                    bits(&warp_pixel_by_pixel(&img, c, h, w, m)),
+                    want,
                     "{c}x{h}x{w}, matrix {i}"
                 );
+                assert_eq!(bits(&generic(m)), want, "{c}x{h}x{w}, matrix {i}, generic");
             }
             for id in 0..300 {
                 let m = view_matrix(aug, h, w, (3, 1, id, (id % 2) as u8));

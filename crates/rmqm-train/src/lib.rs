@@ -7,6 +7,12 @@ pub mod losses;
 pub mod optim;
 pub mod semihard;
 mod trainer;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512vl"
+))]
+mod warp_lanes;
 
 pub use augment::{Augmentation, augment_batch, augment_image};
 pub use losses::{
