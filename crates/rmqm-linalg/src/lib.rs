@@ -4,6 +4,9 @@
 
 use rayon::prelude::*;
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+mod products_lanes;
+
 /// `c (m x n) = alpha * a (m x k) * b (k x n) + beta * c`, row-major f32, parallel over row blocks of `a`.
 pub fn matmul(
     a: &[f32],
@@ -28,28 +31,67 @@ pub fn matmul(
         .zip(a.par_chunks(block * k))
         .for_each(|(c_blk, a_blk)| {
             let rows = a_blk.len() / k.max(1);
-            // SAFETY: c and a are cut into the same number of row blocks (block * n and block * k
-            // elements), so a_blk holds rows x k and c_blk rows x n elements, row-major; b holds
-            // k x n (asserted on entry). c_blk is borrowed exclusively and overlaps neither.
-            unsafe {
-                matrixmultiply::sgemm(
-                    rows,
-                    k,
-                    n,
-                    alpha,
-                    a_blk.as_ptr(),
-                    k as isize,
-                    1,
-                    b.as_ptr(),
-                    n as isize,
-                    1,
-                    beta,
-                    c_blk.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
-            }
+            block_product(a_blk, b, c_blk, rows, n, k, alpha, beta);
         });
+}
+
+/// The whole of `c (m x n) = alpha * a (m x k) * b (k x n) + beta * c` on one core:
+/// matrixmultiply's `sgemm`, or the same sums without packing `a` (`products_lanes`) where the
+/// build has AVX-512 and the product is a plain one (alpha 1, beta 0, as the probe's are).
+#[allow(clippy::too_many_arguments)]
+fn block_product(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    if alpha == 1.0 && beta == 0.0 {
+        return products_lanes::product(a, b, c, m, n, k);
+    }
+    sgemm_product(a, b, c, m, n, k, alpha, beta);
+}
+
+/// [`block_product`] by matrixmultiply's `sgemm`.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_product(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "product sizes"
+    );
+    // SAFETY: a holds m x k, b k x n and c m x n elements, row-major (asserted above); c is
+    // borrowed exclusively and overlaps neither operand.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            n as isize,
+            1,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
 }
 
 /// `c (m x n) = alpha * a^T * b + beta * c` where `a` is (k x m) and `b` is (k x n), row-major f32;
@@ -75,33 +117,62 @@ pub fn matmul_at_b(
             let r0 = p * chunk;
             let r1 = (r0 + chunk).min(k);
             let mut out = vec![0.0f32; m * n];
-            // SAFETY: a is k x m and b is k x n (asserted on entry), so rows r0..r1 of each lie
-            // in a[r0 * m..] and b[r0 * n..]; a's rows are read as the m x (r1 - r0) transpose
-            // (strides 1, m), b's as (r1 - r0) x n (strides n, 1), into out, a fresh m x n vector.
-            unsafe {
-                matrixmultiply::sgemm(
-                    m,
-                    r1 - r0,
-                    n,
-                    1.0,
-                    a[r0 * m..].as_ptr(),
-                    1,
-                    m as isize,
-                    b[r0 * n..].as_ptr(),
-                    n as isize,
-                    1,
-                    0.0,
-                    out.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
-            }
+            part_product_at_b(
+                &a[r0 * m..r1 * m],
+                &b[r0 * n..r1 * n],
+                &mut out,
+                m,
+                n,
+                r1 - r0,
+            );
             out
         })
         .collect();
     for (i, x) in c.iter_mut().enumerate() {
         let s: f32 = partials.iter().map(|p| p[i]).sum();
         *x = alpha * s + beta * *x;
+    }
+}
+
+/// `c (m x n) = a^T b` for `a` (k x m) and `b` (k x n) on one core into a fresh `c`:
+/// matrixmultiply's `sgemm` on `a`'s transpose, or the same sums without packing it
+/// (`products_lanes`) where the build has AVX-512.
+fn part_product_at_b(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    return products_lanes::product_at_b(a, b, c, m, n, k);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    sgemm_product_at_b(a, b, c, m, n, k)
+}
+
+/// [`part_product_at_b`] by matrixmultiply's `sgemm`.
+#[cfg_attr(
+    all(target_arch = "x86_64", target_feature = "avx512f"),
+    allow(dead_code)
+)]
+fn sgemm_product_at_b(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
+    assert!(
+        a.len() >= k * m && b.len() >= k * n && c.len() >= m * n,
+        "product sizes"
+    );
+    // SAFETY: a is k x m and b is k x n (asserted above), a read as the m x k transpose (strides
+    // 1, m), b as k x n (strides n, 1), into c (m x n, asserted), borrowed exclusively.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            1,
+            m as isize,
+            b.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
     }
 }
 
@@ -218,6 +289,34 @@ mod tests {
                 .zip(&want)
                 .all(|(x, y)| (x - (2.0 * y + 1.0)).abs() < 1e-3)
         );
+    }
+
+    #[test]
+    fn unpacked_products_equal_matrixmultiplys_bit_for_bit() {
+        // Depths across matrixmultiply's 256-deep blocks, classes across 16-lane tiles, rows and
+        // columns across the groups of 8 and 16; values of both signs, zeros and negative zeros.
+        let value = |i: usize, salt: usize| match (i * 7919 + salt * 104_729) % 23 {
+            0 => 0.0,
+            1 => -0.0,
+            v => (v as f32 - 11.0) / 7.0 * (1.0 + (i % 5) as f32 / 9.0),
+        };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for n in [1, 10, 16, 17, 40] {
+            for k in [0, 1, 255, 256, 257, 600] {
+                for m in [1, 7, 8, 9, 33] {
+                    let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
+                    let b: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
+                    let (mut ours, mut theirs) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                    block_product(&a, &b, &mut ours, m, n, k, 1.0, 0.0);
+                    sgemm_product(&a, &b, &mut theirs, m, n, k, 1.0, 0.0);
+                    assert_eq!(bits(&ours), bits(&theirs), "a b: {m} x {k} x {n}");
+                    let (mut ours, mut theirs) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                    part_product_at_b(&a, &b[..k * n], &mut ours, m, n, k);
+                    sgemm_product_at_b(&a, &b[..k * n], &mut theirs, m, n, k);
+                    assert_eq!(bits(&ours), bits(&theirs), "a^T b: {m} x {k} x {n}");
+                }
+            }
+        }
     }
 
     #[test]
