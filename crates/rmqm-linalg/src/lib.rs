@@ -53,13 +53,22 @@ fn block_product(
     if alpha == 1.0 && beta == 0.0 {
         return products_lanes::product(a, b, c, m, n, k);
     }
-    sgemm_product(a, b, c, m, n, k, alpha, beta);
+    sgemm_strided(a, Strides { row: k, column: 1 }, b, c, m, n, k, alpha, beta);
 }
 
-/// [`block_product`] by matrixmultiply's `sgemm`.
+/// Where element (i, j) of a matrix lies: `i * row + j * column`.
+#[derive(Debug, Clone, Copy)]
+struct Strides {
+    row: usize,
+    column: usize,
+}
+
+/// `c (m x n) = alpha * a * b + beta * c` by matrixmultiply's `sgemm`, `a` (m x k) read through
+/// `a_strides` (row-major, or a row-major k x m read as its transpose), `b` and `c` row-major.
 #[allow(clippy::too_many_arguments)]
-fn sgemm_product(
+fn sgemm_strided(
     a: &[f32],
+    a_strides: Strides,
     b: &[f32],
     c: &mut [f32],
     m: usize,
@@ -68,12 +77,13 @@ fn sgemm_product(
     alpha: f32,
     beta: f32,
 ) {
+    let last_a = (m.max(1) - 1) * a_strides.row + (k.max(1) - 1) * a_strides.column;
     assert!(
-        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        (m == 0 || k == 0 || a.len() > last_a) && b.len() >= k * n && c.len() >= m * n,
         "product sizes"
     );
-    // SAFETY: a holds m x k, b k x n and c m x n elements, row-major (asserted above); c is
-    // borrowed exclusively and overlaps neither operand.
+    // SAFETY: every element of a that the strides name lies in a (asserted above), b holds k x n
+    // and c m x n elements, row-major; c is borrowed exclusively and overlaps neither operand.
     unsafe {
         matrixmultiply::sgemm(
             m,
@@ -81,8 +91,8 @@ fn sgemm_product(
             n,
             alpha,
             a.as_ptr(),
-            k as isize,
-            1,
+            a_strides.row as isize,
+            a_strides.column as isize,
             b.as_ptr(),
             n as isize,
             1,
@@ -144,36 +154,14 @@ fn part_product_at_b(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k:
     sgemm_product_at_b(a, b, c, m, n, k)
 }
 
-/// [`part_product_at_b`] by matrixmultiply's `sgemm`.
+/// [`part_product_at_b`] by matrixmultiply's `sgemm`, reading `a` as its transpose.
 #[cfg_attr(
     all(target_arch = "x86_64", target_feature = "avx512f"),
     allow(dead_code)
 )]
 fn sgemm_product_at_b(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
-    assert!(
-        a.len() >= k * m && b.len() >= k * n && c.len() >= m * n,
-        "product sizes"
-    );
-    // SAFETY: a is k x m and b is k x n (asserted above), a read as the m x k transpose (strides
-    // 1, m), b as k x n (strides n, 1), into c (m x n, asserted), borrowed exclusively.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            1,
-            m as isize,
-            b.as_ptr(),
-            n as isize,
-            1,
-            0.0,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
+    let a_columns = Strides { row: 1, column: m };
+    sgemm_strided(a, a_columns, b, c, m, n, k, 1.0, 0.0);
 }
 
 /// Adds `x^T x` for `rows` rows of `x` (row-major, `dim` columns) into the `dim x dim` f64 matrix `gram`.
@@ -308,7 +296,8 @@ mod tests {
                     let b: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
                     let (mut ours, mut theirs) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
                     block_product(&a, &b, &mut ours, m, n, k, 1.0, 0.0);
-                    sgemm_product(&a, &b, &mut theirs, m, n, k, 1.0, 0.0);
+                    let rows = Strides { row: k, column: 1 };
+                    sgemm_strided(&a, rows, &b, &mut theirs, m, n, k, 1.0, 0.0);
                     assert_eq!(bits(&ours), bits(&theirs), "a b: {m} x {k} x {n}");
                     let (mut ours, mut theirs) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
                     part_product_at_b(&a, &b[..k * n], &mut ours, m, n, k);
