@@ -1,5 +1,6 @@
 //! The noise walk's draws in AVX-512 lanes: eight pixels at a time take the ziggurat's first try,
-//! `StandardNormal`'s fast path in rand_distr 0.5, on eight 64-bit words of the pixel's stream.
+//! `StandardNormal`'s fast path in rand_distr 0.5, on eight 64-bit words of the pixel's stream,
+//! read ahead in bulk ([`WordStream`]).
 //!
 //! A first try is accepted in about 99% of draws. Where it is not (a draw that takes the
 //! ziggurat's slow path, rejection or tail, and more words), the lanes stop at that pixel and
@@ -9,6 +10,8 @@
 //! multiply then add in f32. So the pixels are the scalar path's bit for bit (tested against it).
 
 use crate::ziggurat_table::ZIG_NORM_X;
+use rand::RngCore;
+use rand_chacha::ChaCha8Rng;
 use std::arch::x86_64::{
     _CMP_GT_OQ, _CMP_LT_OQ, _mm256_add_ps, _mm256_cmp_ps_mask, _mm256_loadu_ps,
     _mm256_mask_blend_ps, _mm256_mask_storeu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_storeu_ps,
@@ -98,4 +101,105 @@ unsafe fn first_tries_unchecked(
         }
     }
     groups * LANES
+}
+
+/// The 64-bit words of a ChaCha stream, read ahead into a buffer: the lanes look at the words to
+/// come ([`WordStream::ahead`]) and take those they use ([`WordStream::skip`]); rand_distr's sampler
+/// draws the others through [`RngCore::next_u64`], in the same order as from the stream itself.
+pub(crate) struct WordStream {
+    rng: ChaCha8Rng,
+    buffer: [u64; WordStream::WORDS],
+    next: usize,
+}
+
+impl WordStream {
+    /// Words read ahead at a time.
+    const WORDS: usize = 256;
+
+    /// The words of `rng` from its current position on.
+    pub(crate) fn new(rng: ChaCha8Rng) -> Self {
+        let mut stream = WordStream {
+            rng,
+            buffer: [0; Self::WORDS],
+            next: Self::WORDS,
+        };
+        stream.refill();
+        stream
+    }
+
+    /// Moves the unread words to the front and fills the rest from the rng: its bytes in bulk,
+    /// read as little-endian words, which are its `next_u64` words while the stream has only
+    /// ever been read by whole words (as here, from its start).
+    fn refill(&mut self) {
+        let unread = Self::WORDS - self.next;
+        self.buffer.copy_within(self.next.., 0);
+        let mut bytes = [0u8; 8 * Self::WORDS];
+        let bytes = &mut bytes[..8 * self.next];
+        self.rng.fill_bytes(bytes);
+        for (w, b) in self.buffer[unread..].iter_mut().zip(bytes.chunks_exact(8)) {
+            *w = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        }
+        self.next = 0;
+    }
+
+    /// The next words, without taking them: at least [`WordStream::WORDS`] / 2.
+    pub(crate) fn ahead(&mut self) -> &[u64] {
+        if self.next > Self::WORDS / 2 {
+            self.refill();
+        }
+        &self.buffer[self.next..]
+    }
+
+    /// Takes `n` words (at most those [`WordStream::ahead`] showed).
+    pub(crate) fn skip(&mut self, n: usize) {
+        assert!(self.next + n <= Self::WORDS, "skipped past the words read");
+        self.next += n;
+    }
+}
+
+impl RngCore for WordStream {
+    fn next_u64(&mut self) -> u64 {
+        if self.next == Self::WORDS {
+            self.refill();
+        }
+        self.next += 1;
+        self.buffer[self.next - 1]
+    }
+
+    /// Half a word: the normal sampler never draws 32 bits, so this is not the rng's own
+    /// `next_u32` (which would split words).
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+
+    /// Whole words, little-endian (the normal sampler never fills bytes).
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for chunk in dst.chunks_mut(8) {
+            chunk.copy_from_slice(&self.next_u64().to_le_bytes()[..chunk.len()]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn the_word_stream_reads_as_the_rng_does() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut stream = WordStream::new(ChaCha8Rng::seed_from_u64(9));
+        for round in 0..40 {
+            // Look ahead, take some, draw some one at a time: the rng's words in order.
+            let ahead = stream.ahead().to_vec();
+            let take = (round * 37) % ahead.len().min(100);
+            for &w in &ahead[..take] {
+                assert_eq!(w, rng.next_u64());
+            }
+            stream.skip(take);
+            for _ in 0..(round % 7) * 31 {
+                assert_eq!(stream.next_u64(), rng.next_u64());
+            }
+        }
+    }
 }
