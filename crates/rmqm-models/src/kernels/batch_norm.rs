@@ -5,61 +5,6 @@ use super::{GradLayout, Real, Want, vec_written_by, vec_written_by_reserving};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-/// How many independent f64 partial sums the per-channel reductions keep: one AVX-512 register of
-/// f64, so that a long plane is not one chain of dependent adds (each waiting for the last).
-const SUM_LANES: usize = 8;
-
-/// Adds each element of `plane` and its square into lanes: element i into lane i % [`SUM_LANES`].
-fn add_plane_moments<T: Real>(
-    plane: &[T],
-    sum: &mut [f64; SUM_LANES],
-    sum_sq: &mut [f64; SUM_LANES],
-) {
-    let chunks = plane.chunks_exact(SUM_LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks.chain(std::iter::once(rest)) {
-        for ((&v, s), s2) in chunk.iter().zip(sum.iter_mut()).zip(sum_sq.iter_mut()) {
-            let v = v.to_f64();
-            *s += v;
-            *s2 += v * v;
-        }
-    }
-}
-
-/// Adds each gradient element of a plane, and its product with the input, into lanes (element i
-/// into lane i % [`SUM_LANES`]); with `mask` = (scale, shift), a gradient counts as 0 where
-/// `x * scale + shift` is <= 0.
-fn add_plane_grad_sums<T: Real>(
-    g: &[T],
-    x: &[T],
-    mask: Option<(T, T)>,
-    sum_g: &mut [f64; SUM_LANES],
-    sum_gx: &mut [f64; SUM_LANES],
-) {
-    let (g_chunks, x_chunks) = (g.chunks_exact(SUM_LANES), x.chunks_exact(SUM_LANES));
-    let rest = (g_chunks.remainder(), x_chunks.remainder());
-    for (gk, xk) in g_chunks.zip(x_chunks).chain(std::iter::once(rest)) {
-        let lanes = gk
-            .iter()
-            .zip(xk)
-            .zip(sum_g.iter_mut())
-            .zip(sum_gx.iter_mut());
-        for (((&gv, &xv), sg), sgx) in lanes {
-            let gv = match mask {
-                Some((a, b)) if xv * a + b <= T::zero() => 0.0,
-                _ => gv.to_f64(),
-            };
-            *sg += gv;
-            *sgx += gv * xv.to_f64();
-        }
-    }
-}
-
-/// The lanes of one partial sum added up, lane 0 first.
-fn lanes_total(lanes: &[f64; SUM_LANES]) -> f64 {
-    lanes.iter().sum()
-}
-
 /// Per-channel mean and biased variance of an NCHW tensor (as f64), channels in parallel.
 pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     assert_eq!(x.len(), n * c * hw, "batch norm input size");
@@ -67,11 +12,14 @@ pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, hw: usize) -> (Vec<f6
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mut sum, mut sum_sq) = ([0.0f64; SUM_LANES], [0.0f64; SUM_LANES]);
+            let (mut s, mut s2) = (0.0f64, 0.0f64);
             for b in 0..n {
-                add_plane_moments(&x[(b * c + ch) * hw..][..hw], &mut sum, &mut sum_sq);
+                for &v in &x[(b * c + ch) * hw..][..hw] {
+                    let v = v.to_f64();
+                    s += v;
+                    s2 += v * v;
+                }
             }
-            let (s, s2) = (lanes_total(&sum), lanes_total(&sum_sq));
             let mean = s / m;
             (mean, (s2 / m - mean * mean).max(0.0))
         })
@@ -200,14 +148,21 @@ pub fn channel_sums<T: Real>(
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mut sum_g, mut sum_gx) = ([0.0f64; SUM_LANES], [0.0f64; SUM_LANES]);
-            let channel_mask = mask.map(|(s, t)| (s[ch], t[ch]));
+            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+            let (a, b) = mask.map_or((T::zero(), T::zero()), |(s, t)| (s[ch], t[ch]));
             for i in 0..n {
-                let plane = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                let (gp, xp) = (&g[plane.clone()], &x[plane]);
-                add_plane_grad_sums(gp, xp, channel_mask, &mut sum_g, &mut sum_gx);
+                let off = (i * c + ch) * hw;
+                for (&gv, &xv) in g[off..off + hw].iter().zip(&x[off..off + hw]) {
+                    let gv = if mask.is_some() && xv * a + b <= T::zero() {
+                        0.0
+                    } else {
+                        gv.to_f64()
+                    };
+                    sg += gv;
+                    sgx += gv * xv.to_f64();
+                }
             }
-            (lanes_total(&sum_g), lanes_total(&sum_gx))
+            (sg, sgx)
         })
         .unzip()
 }
@@ -294,62 +249,4 @@ pub fn batch_norm_backward<T: Real>(
 /// (n x c x hw), gamma (c), beta (c).
 pub fn batch_norm_grad_layout(n: usize, c: usize, hw: usize, want: Want) -> GradLayout {
     GradLayout::new(want, [n * c * hw, c, c])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
-    /// Relative distance, with an absolute floor for sums near zero.
-    fn close(a: f64, b: f64) -> bool {
-        (a - b).abs() <= 1e-13 * b.abs().max(1.0)
-    }
-
-    #[test]
-    fn lane_sums_equal_one_serial_f64_sum_to_rounding() {
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        for (n, c, hw) in [
-            (1, 1, 1),
-            (3, 2, 7),
-            (2, 3, 8),
-            (3, 1, 9),
-            (2, 4, 16),
-            (3, 2, 33),
-            (1, 2, 64),
-        ] {
-            let len = n * c * hw;
-            // Values far from zero's scale, so that a lost or doubled element shows.
-            let x: Vec<f32> = (0..len).map(|_| rng.random_range(-3.0..5.0)).collect();
-            let g: Vec<f32> = (0..len).map(|_| rng.random_range(-2.0..2.0)).collect();
-            let scale: Vec<f32> = (0..c).map(|_| rng.random_range(0.5..1.5)).collect();
-            let shift: Vec<f32> = (0..c).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let (mean, var) = channel_stats(&x, n, c, hw);
-            for masked in [false, true] {
-                let mask = masked.then_some((scale.as_slice(), shift.as_slice()));
-                let (sg, sgx) = channel_sums(&g, &x, n, c, hw, mask);
-                for ch in 0..c {
-                    let (mut s, mut s2, mut tg, mut tgx) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-                    for b in 0..n {
-                        for i in (b * c + ch) * hw..(b * c + ch + 1) * hw {
-                            let (xv, gv) = (x[i] as f64, g[i] as f64);
-                            s += xv;
-                            s2 += xv * xv;
-                            let off = masked && x[i] * scale[ch] + shift[ch] <= 0.0;
-                            let gv = if off { 0.0 } else { gv };
-                            tg += gv;
-                            tgx += gv * xv;
-                        }
-                    }
-                    let m = (n * hw) as f64;
-                    let at = format!("n {n} c {c} hw {hw} channel {ch} masked {masked}");
-                    assert!(close(mean[ch], s / m), "mean, {at}");
-                    assert!(close(var[ch], s2 / m - (s / m) * (s / m)), "variance, {at}");
-                    assert!(close(sg[ch], tg), "sum of g, {at}");
-                    assert!(close(sgx[ch], tgx), "sum of g x, {at}");
-                }
-            }
-        }
-    }
 }
