@@ -1,6 +1,6 @@
 //! Plain CPU kernels behind the custom ops, one module per family: gemm (row-major products on
 //! strided views), convolution as im2col + gemm (forward, input gradient, weight gradient) and
-//! 3x3 convolution by Winograd's F(2x2, 3x3),
+//! 3x3 convolution by Winograd's F(4x4, 3x3),
 //! the fused convolution + ReLU + 2x2 max pool of LeNet (whose input gradient folds its columns
 //! back in AVX-512 lanes where the build has them), 2x2 max pooling with a first-maximum
 //! gradient, dense layers, batch norm, and the element-wise ReLU kernels. Generic over f32
