@@ -5,6 +5,93 @@ use super::{GradLayout, Real, Want, vec_written_by, vec_written_by_reserving};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
+/// Independent f64 partial sums the per-channel reductions keep (two AVX-512 registers of f64),
+/// so that a plane is not one chain of dependent adds, each waiting for the last.
+const SUM_LANES: usize = 16;
+
+/// Partial sums in [`SUM_LANES`] lanes: element `i` of a plane goes to lane `i % SUM_LANES`.
+#[derive(Debug, Clone, Copy)]
+struct LaneSums([f64; SUM_LANES]);
+
+impl LaneSums {
+    const ZERO: LaneSums = LaneSums([0.0; SUM_LANES]);
+
+    /// The lanes added up pairwise (a fixed order).
+    fn total(&self) -> f64 {
+        let mut lanes = self.0;
+        let mut width = SUM_LANES;
+        while width > 1 {
+            width /= 2;
+            for l in 0..width {
+                lanes[l] += lanes[l + width];
+            }
+        }
+        lanes[0]
+    }
+}
+
+/// Adds each element of `plane` into `sum` and its square into `sum_sq`, lane by lane.
+fn add_plane_moments<T: Real>(plane: &[T], sum: &mut LaneSums, sum_sq: &mut LaneSums) {
+    // local lanes, so that the compiler keeps them in registers
+    let (mut s, mut s2) = (sum.0, sum_sq.0);
+    let (chunks, rest) = plane.as_chunks::<SUM_LANES>();
+    for chunk in chunks {
+        // whole-lane steps (convert, add, square-add), which the compiler turns into vector
+        // instructions
+        let v: [f64; SUM_LANES] = std::array::from_fn(|l| chunk[l].to_f64());
+        for l in 0..SUM_LANES {
+            s[l] += v[l];
+        }
+        for l in 0..SUM_LANES {
+            s2[l] += v[l] * v[l];
+        }
+    }
+    for (l, &v) in rest.iter().enumerate() {
+        let v = v.to_f64();
+        s[l] += v;
+        s2[l] += v * v;
+    }
+    (sum.0, sum_sq.0) = (s, s2);
+}
+
+/// Adds each gradient element of a plane into `sum_g`, and its product with the input into
+/// `sum_gx`, lane by lane; with `mask` = (scale, shift), a gradient counts as 0 where
+/// `x * scale + shift` is <= 0.
+fn add_plane_grad_sums<T: Real>(
+    g: &[T],
+    x: &[T],
+    mask: Option<(T, T)>,
+    sum_g: &mut LaneSums,
+    sum_gx: &mut LaneSums,
+) {
+    let (a, b) = mask.unwrap_or((T::zero(), T::zero()));
+    let masked = mask.is_some();
+    let (mut sg, mut sgx) = (sum_g.0, sum_gx.0);
+    let kept = |gv: T, xv: T| {
+        let dropped = masked && xv * a + b <= T::zero();
+        T::select(dropped, T::zero(), gv).to_f64()
+    };
+    let (g_chunks, g_rest) = g.as_chunks::<SUM_LANES>();
+    let (x_chunks, x_rest) = x.as_chunks::<SUM_LANES>();
+    for (gc, xc) in g_chunks.iter().zip(x_chunks) {
+        // whole-lane steps, as in add_plane_moments
+        let gv: [f64; SUM_LANES] = std::array::from_fn(|l| kept(gc[l], xc[l]));
+        let xv: [f64; SUM_LANES] = std::array::from_fn(|l| xc[l].to_f64());
+        for l in 0..SUM_LANES {
+            sg[l] += gv[l];
+        }
+        for l in 0..SUM_LANES {
+            sgx[l] += gv[l] * xv[l];
+        }
+    }
+    for (l, (&gv, &xv)) in g_rest.iter().zip(x_rest).enumerate() {
+        let gv = kept(gv, xv);
+        sg[l] += gv;
+        sgx[l] += gv * xv.to_f64();
+    }
+    (sum_g.0, sum_gx.0) = (sg, sgx);
+}
+
 /// Per-channel mean and biased variance of an NCHW tensor (as f64), channels in parallel.
 pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     assert_eq!(x.len(), n * c * hw, "batch norm input size");
@@ -12,16 +99,12 @@ pub fn channel_stats<T: Real>(x: &[T], n: usize, c: usize, hw: usize) -> (Vec<f6
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mut s, mut s2) = (0.0f64, 0.0f64);
+            let (mut sum, mut sum_sq) = (LaneSums::ZERO, LaneSums::ZERO);
             for b in 0..n {
-                for &v in &x[(b * c + ch) * hw..][..hw] {
-                    let v = v.to_f64();
-                    s += v;
-                    s2 += v * v;
-                }
+                add_plane_moments(&x[(b * c + ch) * hw..][..hw], &mut sum, &mut sum_sq);
             }
-            let mean = s / m;
-            (mean, (s2 / m - mean * mean).max(0.0))
+            let mean = sum.total() / m;
+            (mean, (sum_sq.total() / m - mean * mean).max(0.0))
         })
         .unzip()
 }
@@ -148,21 +231,14 @@ pub fn channel_sums<T: Real>(
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-            let (a, b) = mask.map_or((T::zero(), T::zero()), |(s, t)| (s[ch], t[ch]));
+            let (mut sum_g, mut sum_gx) = (LaneSums::ZERO, LaneSums::ZERO);
+            let channel_mask = mask.map(|(s, t)| (s[ch], t[ch]));
             for i in 0..n {
-                let off = (i * c + ch) * hw;
-                for (&gv, &xv) in g[off..off + hw].iter().zip(&x[off..off + hw]) {
-                    let gv = if mask.is_some() && xv * a + b <= T::zero() {
-                        0.0
-                    } else {
-                        gv.to_f64()
-                    };
-                    sg += gv;
-                    sgx += gv * xv.to_f64();
-                }
+                let plane = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                let (gp, xp) = (&g[plane.clone()], &x[plane]);
+                add_plane_grad_sums(gp, xp, channel_mask, &mut sum_g, &mut sum_gx);
             }
-            (sg, sgx)
+            (sum_g.total(), sum_gx.total())
         })
         .unzip()
 }
@@ -210,17 +286,17 @@ pub fn batch_norm_backward<T: Real>(
             .zip(g.par_chunks(hw))
             .enumerate()
             .for_each(|(i, ((dp, xp), gp))| {
+                // the channel's constants in locals, so that the loop below keeps them in
+                // registers and vectorises
                 let k = i % c;
-                let a = state.scale[k];
+                let (a, mean_k, inv_sigma_k) = (state.scale[k], mean[k], inv_sigma[k]);
                 let (mg, mgx) = (sg[k] / m, sgxhat[k] / m);
                 let (sa, sb) = (scale_t[k], shift_t[k]);
+                let masked = relu;
                 for ((d, &xv), &gv) in dp.iter_mut().zip(xp).zip(gp) {
-                    let gv = if relu && xv * sa + sb <= T::zero() {
-                        0.0
-                    } else {
-                        gv.to_f64()
-                    };
-                    let xhat = (xv.to_f64() - mean[k]) * inv_sigma[k];
+                    let dropped = masked && xv * sa + sb <= T::zero();
+                    let gv = T::select(dropped, T::zero(), gv).to_f64();
+                    let xhat = (xv.to_f64() - mean_k) * inv_sigma_k;
                     d.write(T::from_f64(a * (gv - mg - xhat * mgx)));
                 }
             });
@@ -249,4 +325,68 @@ pub fn batch_norm_backward<T: Real>(
 /// (n x c x hw), gamma (c), beta (c).
 pub fn batch_norm_grad_layout(n: usize, c: usize, hw: usize, want: Want) -> GradLayout {
     GradLayout::new(want, [n * c * hw, c, c])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values in [-1.5, 1.5) from a fixed sequence.
+    fn values(len: usize, step: usize) -> Vec<f64> {
+        (0..len)
+            .map(|i| (i * step % 997) as f64 / 997.0 * 3.0 - 1.5)
+            .collect()
+    }
+
+    fn assert_close(got: &[f64], want: &[f64], what: &str) {
+        for (k, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                "{what}[{k}]: {a} against {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn lane_sums_match_one_serial_sum() {
+        // planes of 37 (two whole 16-lane chunks and a rest of 5) and of 3 (a rest only)
+        for &(n, c, hw) in &[(3, 2, 37), (4, 3, 3), (2, 1, 64)] {
+            let (x, g) = (values(n * c * hw, 7919), values(n * c * hw, 104_729));
+            let planes =
+                |ch: usize| (0..n).flat_map(move |b| (b * c + ch) * hw..(b * c + ch + 1) * hw);
+            let (mean, var) = channel_stats(&x, n, c, hw);
+            let m = (n * hw) as f64;
+            let want_mean: Vec<f64> = (0..c)
+                .map(|ch| planes(ch).map(|i| x[i]).sum::<f64>() / m)
+                .collect();
+            let want_var: Vec<f64> = (0..c)
+                .map(|ch| {
+                    planes(ch)
+                        .map(|i| (x[i] - want_mean[ch]).powi(2))
+                        .sum::<f64>()
+                        / m
+                })
+                .collect();
+            assert_close(&mean, &want_mean, "mean");
+            assert_close(&var, &want_var, "variance");
+            let (scale, shift) = (vec![1.0, -0.5, 2.0], vec![0.25, 0.0, -0.1]);
+            let mask = Some((&scale[..c], &shift[..c]));
+            let (sg, sgx) = channel_sums(&g, &x, n, c, hw, mask);
+            let kept = |ch: usize, i: usize| {
+                if x[i] * scale[ch] + shift[ch] <= 0.0 {
+                    0.0
+                } else {
+                    g[i]
+                }
+            };
+            let want_sg: Vec<f64> = (0..c)
+                .map(|ch| planes(ch).map(|i| kept(ch, i)).sum())
+                .collect();
+            let want_sgx: Vec<f64> = (0..c)
+                .map(|ch| planes(ch).map(|i| kept(ch, i) * x[i]).sum())
+                .collect();
+            assert_close(&sg, &want_sg, "sum of g");
+            assert_close(&sgx, &want_sgx, "sum of g x");
+        }
+    }
 }
