@@ -13,7 +13,7 @@
 //! - [`f2x2`], F(2x2, 3x3): 16 points, 16 multiply-adds per tile (4 outputs) and channel pair
 //!   instead of im2col's 36; the transforms only add, subtract and halve.
 //! - [`f4x4`], F(4x4, 3x3): 36 points, 36 multiply-adds per tile (16 outputs) instead of 144, but
-//!   transforms that scale by up to 8 (and the kernel's by 1/24), so rounding errors about 10x
+//!   transforms that scale by up to 8 (and the kernel's by 1/24), so rounding errors about 15x
 //!   F(2x2)'s in f32. Used where images are at least [`MIN_SIDE_4X4`] on each side (ResNet-18's
 //!   32x32 and 16x16 layers); on smaller images its tile rows are too short for the transforms to
 //!   vectorise, and F(2x2) is faster.
