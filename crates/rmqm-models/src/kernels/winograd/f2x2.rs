@@ -3,7 +3,7 @@
 //! (the patches' even and odd columns split apart first), so that the compiler vectorises them
 //! across tiles.
 
-use super::{Layout, Scheme, Tiles, lanes, map2, map3, store_lanes};
+use super::{Layout, Scheme, Tiles, lanes, map2, map3, output_finish, store_lanes};
 use crate::kernels::Real;
 use rayon::prelude::*;
 
@@ -13,40 +13,7 @@ const POINTS: usize = 16;
 /// F(2x2, 3x3) ([`Scheme`]).
 pub(super) struct F2x2;
 
-impl Scheme for F2x2 {
-    const TILE: usize = 2;
-    const POINTS: usize = POINTS;
-    type Scratch<T: Real> = SplitPlane<T>;
-    fn scratch<T: Real>(tiles: Tiles) -> SplitPlane<T> {
-        SplitPlane::new(tiles)
-    }
-    fn transform_weights<T: Real>(weight: &[T], c_out: usize, c_in: usize, flip: bool) -> Vec<T> {
-        transform_weights(weight, c_out, c_in, flip)
-    }
-    fn weight_grad_from_points<T: Real>(du: &[T], c_out: usize, c_in: usize) -> Vec<T> {
-        weight_grad_from_points(du, c_out, c_in)
-    }
-    fn transform_input<T: Real>(x: &[T], at: &Layout, v: &mut [T], scratch: &mut SplitPlane<T>) {
-        transform_input(x, at, v, scratch)
-    }
-    fn transform_output<T: Real>(
-        m: &[T],
-        at: &Layout,
-        y: &mut [T],
-        bias: Option<&[T]>,
-        relu: bool,
-    ) {
-        transform_output(m, at, y, bias, relu)
-    }
-    fn transform_output_grad<T: Real>(
-        dy: &[T],
-        at: &Layout,
-        dm: &mut [T],
-        scratch: &mut SplitPlane<T>,
-    ) {
-        transform_output_grad(dy, at, dm, scratch)
-    }
-}
+scheme_from_module_functions!(F2x2, tile: 2, scratch: SplitPlane);
 
 /// The 16 transformed points of every kernel: `(outs, POINTS, ins)`, so that point p's `outs x
 /// ins` matrix has rows `POINTS * ins` apart ([`point_matrix`]). `flip`: the kernel of the input
@@ -404,11 +371,7 @@ fn transform_input<T: Real>(x: &[T], at: &Layout, v: &mut [T], split: &mut Split
 fn transform_output<T: Real>(m: &[T], at: &Layout, y: &mut [T], bias: Option<&[T]>, relu: bool) {
     for j in 0..at.images {
         for c in 0..at.channels {
-            let b = bias.map_or(T::zero(), |b| b[c]);
-            let finish = |v: T| {
-                let z = v + b;
-                if relu && z <= T::zero() { T::zero() } else { z }
-            };
+            let finish = output_finish(bias, c, relu);
             let plane = &mut y[at.plane(j, c)];
             for ty in 0..at.tiles.rows {
                 let starts = at.point_starts::<POINTS>(j, c, ty);

@@ -4,7 +4,7 @@
 //! row of tiles at a time on contiguous arrays (the plane's columns split by their remainder
 //! modulo 4 first), so that the compiler vectorises them across tiles.
 
-use super::{Layout, Scheme, Tiles, lanes, map2, map3, store_lanes};
+use super::{Layout, Scheme, Tiles, lanes, map2, map3, output_finish, store_lanes};
 use crate::kernels::Real;
 use rayon::prelude::*;
 
@@ -21,40 +21,7 @@ const POINTS: usize = SIDE * SIDE;
 /// F(4x4, 3x3) ([`Scheme`]).
 pub(super) struct F4x4;
 
-impl Scheme for F4x4 {
-    const TILE: usize = 4;
-    const POINTS: usize = POINTS;
-    type Scratch<T: Real> = PlanePhases<T>;
-    fn scratch<T: Real>(tiles: Tiles) -> PlanePhases<T> {
-        PlanePhases::new(tiles)
-    }
-    fn transform_weights<T: Real>(weight: &[T], c_out: usize, c_in: usize, flip: bool) -> Vec<T> {
-        transform_weights(weight, c_out, c_in, flip)
-    }
-    fn weight_grad_from_points<T: Real>(du: &[T], c_out: usize, c_in: usize) -> Vec<T> {
-        weight_grad_from_points(du, c_out, c_in)
-    }
-    fn transform_input<T: Real>(x: &[T], at: &Layout, v: &mut [T], scratch: &mut PlanePhases<T>) {
-        transform_input(x, at, v, scratch)
-    }
-    fn transform_output<T: Real>(
-        m: &[T],
-        at: &Layout,
-        y: &mut [T],
-        bias: Option<&[T]>,
-        relu: bool,
-    ) {
-        transform_output(m, at, y, bias, relu)
-    }
-    fn transform_output_grad<T: Real>(
-        dy: &[T],
-        at: &Layout,
-        dm: &mut [T],
-        scratch: &mut PlanePhases<T>,
-    ) {
-        transform_output_grad(dy, at, dm, scratch)
-    }
-}
+scheme_from_module_functions!(F4x4, tile: 4, scratch: PlanePhases);
 
 /// `G x` for the three values `x` of a kernel's column or row: its six points.
 fn kernel_points(x: [f64; 3]) -> [f64; SIDE] {
@@ -464,11 +431,7 @@ fn transform_input<T: Real>(x: &[T], at: &Layout, v: &mut [T], split: &mut Plane
 fn transform_output<T: Real>(m: &[T], at: &Layout, y: &mut [T], bias: Option<&[T]>, relu: bool) {
     for j in 0..at.images {
         for c in 0..at.channels {
-            let b = bias.map_or(T::zero(), |b| b[c]);
-            let finish = |v: T| {
-                let z = v + b;
-                if relu && z <= T::zero() { T::zero() } else { z }
-            };
+            let finish = output_finish(bias, c, relu);
             let plane = &mut y[at.plane(j, c)];
             for ty in 0..at.tiles.rows {
                 let starts = at.point_starts::<POINTS>(j, c, ty);

@@ -213,6 +213,58 @@ macro_rules! over_tiles {
     }};
 }
 
+/// Implements [`Scheme`] for `$scheme` with the calling module's functions of the same names
+/// (`transform_weights`, `weight_grad_from_points`, `transform_input`, `transform_output`,
+/// `transform_output_grad`), its `POINTS` constant and `$scratch::new(tiles)`.
+macro_rules! scheme_from_module_functions {
+    ($scheme:ident, tile: $tile:expr, scratch: $scratch:ident) => {
+        impl Scheme for $scheme {
+            const TILE: usize = $tile;
+            const POINTS: usize = POINTS;
+            type Scratch<T: Real> = $scratch<T>;
+            fn scratch<T: Real>(tiles: Tiles) -> $scratch<T> {
+                $scratch::new(tiles)
+            }
+            fn transform_weights<T: Real>(
+                weight: &[T],
+                c_out: usize,
+                c_in: usize,
+                flip: bool,
+            ) -> Vec<T> {
+                transform_weights(weight, c_out, c_in, flip)
+            }
+            fn weight_grad_from_points<T: Real>(du: &[T], c_out: usize, c_in: usize) -> Vec<T> {
+                weight_grad_from_points(du, c_out, c_in)
+            }
+            fn transform_input<T: Real>(
+                x: &[T],
+                at: &Layout,
+                v: &mut [T],
+                scratch: &mut $scratch<T>,
+            ) {
+                transform_input(x, at, v, scratch)
+            }
+            fn transform_output<T: Real>(
+                m: &[T],
+                at: &Layout,
+                y: &mut [T],
+                bias: Option<&[T]>,
+                relu: bool,
+            ) {
+                transform_output(m, at, y, bias, relu)
+            }
+            fn transform_output_grad<T: Real>(
+                dy: &[T],
+                at: &Layout,
+                dm: &mut [T],
+                scratch: &mut $scratch<T>,
+            ) {
+                transform_output_grad(dy, at, dm, scratch)
+            }
+        }
+    };
+}
+
 mod f2x2;
 mod f4x4;
 
@@ -243,6 +295,15 @@ trait Scheme: Send + Sync {
         dm: &mut [T],
         scratch: &mut Self::Scratch<T>,
     );
+}
+
+/// What an output of channel `c` goes through last: plus the channel's bias, then ReLU if asked.
+fn output_finish<T: Real>(bias: Option<&[T]>, c: usize, relu: bool) -> impl Fn(T) -> T + Copy {
+    let b = bias.map_or(T::zero(), |b| b[c]);
+    move |v: T| {
+        let z = v + b;
+        if relu && z <= T::zero() { T::zero() } else { z }
+    }
 }
 
 /// Point `p`'s `outs x ins` matrix of kernels transformed by [`Scheme::transform_weights`].
