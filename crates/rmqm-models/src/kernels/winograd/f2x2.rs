@@ -3,7 +3,9 @@
 //! (the patches' even and odd columns split apart first), so that the compiler vectorises them
 //! across tiles.
 
-use super::{Layout, Scheme, Tiles, lanes, map2, map3, output_finish, store_lanes};
+use super::{
+    Layout, Scheme, Tiles, lanes, map2, map3, output_finish, store_lanes, transform_kernels,
+};
 use crate::kernels::Real;
 use rayon::prelude::*;
 
@@ -15,43 +17,32 @@ pub(super) struct F2x2;
 
 scheme_from_module_functions!(F2x2, tile: 2, scratch: SplitPlane);
 
-/// The 16 transformed points of every kernel: `(outs, POINTS, ins)`, so that point p's `outs x
-/// ins` matrix has rows `POINTS * ins` apart ([`point_matrix`]). `flip`: the kernel of the input
-/// gradient, `g'[i][o] = rot180(g[o][i])`, so `outs` is the weight's input channels and `ins`
-/// its output channels.
+/// The 16 transformed points of every kernel (see [`transform_kernels`]).
 fn transform_weights<T: Real>(weight: &[T], c_out: usize, c_in: usize, flip: bool) -> Vec<T> {
-    let (outs, ins) = if flip { (c_in, c_out) } else { (c_out, c_in) };
+    transform_kernels(weight, c_out, c_in, flip, kernel_tile_points)
+}
+
+/// `G g G^T`: the 16 points of one kernel's 9 taps `g`, point `4r + k` at `r * 4 + k`.
+fn kernel_tile_points<T: Real>(g: [T; 9]) -> [T; POINTS] {
     let half = T::from_f64(0.5);
-    let mut u = vec![T::zero(); outs * POINTS * ins];
-    u.par_chunks_mut(POINTS * ins)
-        .enumerate()
-        .for_each(|(o, rows)| {
-            for i in 0..ins {
-                let (wo, wi) = if flip { (i, o) } else { (o, i) };
-                let kernel = &weight[(wo * c_in + wi) * 9..][..9];
-                let g: [T; 9] =
-                    std::array::from_fn(|t| if flip { kernel[8 - t] } else { kernel[t] });
-                // G g (4 x 3), then (G g) G^T (4 x 4)
-                let gg: [[T; 3]; 4] = [
-                    [g[0], g[1], g[2]],
-                    std::array::from_fn(|c| (g[c] + g[3 + c] + g[6 + c]) * half),
-                    std::array::from_fn(|c| (g[c] - g[3 + c] + g[6 + c]) * half),
-                    [g[6], g[7], g[8]],
-                ];
-                for (r, row) in gg.iter().enumerate() {
-                    let values = [
-                        row[0],
-                        (row[0] + row[1] + row[2]) * half,
-                        (row[0] - row[1] + row[2]) * half,
-                        row[2],
-                    ];
-                    for (k, value) in values.into_iter().enumerate() {
-                        rows[(r * 4 + k) * ins + i] = value;
-                    }
-                }
-            }
-        });
-    u
+    // G g (4 x 3), then (G g) G^T (4 x 4)
+    let gg: [[T; 3]; 4] = [
+        [g[0], g[1], g[2]],
+        std::array::from_fn(|c| (g[c] + g[3 + c] + g[6 + c]) * half),
+        std::array::from_fn(|c| (g[c] - g[3 + c] + g[6 + c]) * half),
+        [g[6], g[7], g[8]],
+    ];
+    let mut points = [T::zero(); POINTS];
+    for (r, row) in gg.iter().enumerate() {
+        let values = [
+            row[0],
+            (row[0] + row[1] + row[2]) * half,
+            (row[0] - row[1] + row[2]) * half,
+            row[2],
+        ];
+        points[r * 4..r * 4 + 4].copy_from_slice(&values);
+    }
+    points
 }
 
 /// The weight gradient `(c_out, c_in, 3, 3)` from the gradient of the transformed kernel

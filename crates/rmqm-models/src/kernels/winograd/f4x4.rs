@@ -4,7 +4,9 @@
 //! row of tiles at a time on contiguous arrays (the plane's columns split by their remainder
 //! modulo 4 first), so that the compiler vectorises them across tiles.
 
-use super::{Layout, Scheme, Tiles, lanes, map2, map3, output_finish, store_lanes};
+use super::{
+    Layout, Scheme, Tiles, lanes, map2, map3, output_finish, store_lanes, transform_kernels,
+};
 use crate::kernels::Real;
 use rayon::prelude::*;
 
@@ -47,33 +49,26 @@ fn kernel_points_adjoint(u: [f64; SIDE]) -> [f64; 3] {
     ]
 }
 
-/// The 36 transformed points of every kernel: `(outs, POINTS, ins)`, so that point p's `outs x
-/// ins` matrix has rows `POINTS * ins` apart ([`point_matrix`]). `flip`: the kernel of the input
-/// gradient, `g'[i][o] = rot180(g[o][i])`, so `outs` is the weight's input channels and `ins`
-/// its output channels. Computed in f64, rounded once.
+/// The 36 transformed points of every kernel (see [`transform_kernels`]), computed in f64 and
+/// rounded once.
 fn transform_weights<T: Real>(weight: &[T], c_out: usize, c_in: usize, flip: bool) -> Vec<T> {
-    let (outs, ins) = if flip { (c_in, c_out) } else { (c_out, c_in) };
-    let mut u = vec![T::zero(); outs * POINTS * ins];
-    u.par_chunks_mut(POINTS * ins)
-        .enumerate()
-        .for_each(|(o, rows)| {
-            for i in 0..ins {
-                let (wo, wi) = if flip { (i, o) } else { (o, i) };
-                let kernel = &weight[(wo * c_in + wi) * 9..][..9];
-                let g: [f64; 9] =
-                    std::array::from_fn(|t| if flip { kernel[8 - t] } else { kernel[t] }.to_f64());
-                // G g (6 x 3) one kernel column at a time, then (G g) G^T (6 x 6) by rows
-                let columns: [[f64; SIDE]; 3] =
-                    std::array::from_fn(|c| kernel_points([g[c], g[3 + c], g[6 + c]]));
-                for r in 0..SIDE {
-                    let points = kernel_points([columns[0][r], columns[1][r], columns[2][r]]);
-                    for (k, value) in points.into_iter().enumerate() {
-                        rows[(r * SIDE + k) * ins + i] = T::from_f64(value);
-                    }
-                }
-            }
-        });
-    u
+    transform_kernels(weight, c_out, c_in, flip, kernel_tile_points)
+}
+
+/// `G g G^T`: the 36 points of one kernel's 9 taps `g`, point `6r + k` at `r * SIDE + k`.
+fn kernel_tile_points<T: Real>(g: [T; 9]) -> [T; POINTS] {
+    let g = g.map(|v| v.to_f64());
+    // G g (6 x 3) one kernel column at a time, then (G g) G^T (6 x 6) by rows
+    let columns: [[f64; SIDE]; 3] =
+        std::array::from_fn(|c| kernel_points([g[c], g[3 + c], g[6 + c]]));
+    let mut points = [T::zero(); POINTS];
+    for r in 0..SIDE {
+        let row = kernel_points([columns[0][r], columns[1][r], columns[2][r]]);
+        for (k, value) in row.into_iter().enumerate() {
+            points[r * SIDE + k] = T::from_f64(value);
+        }
+    }
+    points
 }
 
 /// The weight gradient `(c_out, c_in, 3, 3)` from the gradient of the transformed kernel

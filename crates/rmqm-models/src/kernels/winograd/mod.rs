@@ -297,6 +297,32 @@ trait Scheme: Send + Sync {
     );
 }
 
+/// Every kernel's `P` transformed points, `points(g)` of its 9 taps `g`: `(outs, P, ins)`, so
+/// that point p's `outs x ins` matrix has rows `P * ins` apart ([`point_matrix`]). `flip`: the
+/// kernels of the input gradient, `g'[i][o] = rot180(g[o][i])`, so `outs` is the weight's input
+/// channels and `ins` its output channels.
+fn transform_kernels<T: Real, const P: usize>(
+    weight: &[T],
+    c_out: usize,
+    c_in: usize,
+    flip: bool,
+    points: impl Fn([T; 9]) -> [T; P] + Sync,
+) -> Vec<T> {
+    let (outs, ins) = if flip { (c_in, c_out) } else { (c_out, c_in) };
+    let mut u = vec![T::zero(); outs * P * ins];
+    u.par_chunks_mut(P * ins).enumerate().for_each(|(o, rows)| {
+        for i in 0..ins {
+            let (wo, wi) = if flip { (i, o) } else { (o, i) };
+            let kernel = &weight[(wo * c_in + wi) * 9..][..9];
+            let g = std::array::from_fn(|t| if flip { kernel[8 - t] } else { kernel[t] });
+            for (p, value) in points(g).into_iter().enumerate() {
+                rows[p * ins + i] = value;
+            }
+        }
+    });
+    u
+}
+
 /// What an output of channel `c` goes through last: plus the channel's bias, then ReLU if asked.
 fn output_finish<T: Real>(bias: Option<&[T]>, c: usize, relu: bool) -> impl Fn(T) -> T + Copy {
     let b = bias.map_or(T::zero(), |b| b[c]);
